@@ -1,0 +1,210 @@
+"""The JSON-lines prediction and feedback log: the only channel from the API to the pipeline.
+
+Why files and not the warehouse: DuckDB allows one writer process, and the API must never block on (or corrupt)
+the pipeline's database. Each record is one ``os.write`` on an ``O_APPEND`` descriptor, so concurrent writers in
+one or several processes never interleave, and a process killed mid-way leaves either a whole line or nothing.
+The reader still treats every line as untrusted: anything malformed is quarantined with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from exampass_pipeline import schema
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def day_file(directory: Path, day: date) -> Path:
+    """Logs are cut by UTC day so that a daily partition maps to exactly one file."""
+    return directory / f"{day.isoformat()}.jsonl"
+
+
+class JsonlAppender:
+    """Appends whole records to per-UTC-day files, one ``write`` per record.
+
+    Descriptors are cached per day so the hot path costs one syscall; the lock guards only the cache, not the
+    write, because ``O_APPEND`` writes of a regular file are atomic with respect to each other.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._fds: dict[date, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, day: date) -> int:
+        fd = self._fds.get(day)
+        if fd is not None:
+            return fd
+        with self._lock:
+            fd = self._fds.get(day)
+            if fd is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = os.open(day_file(self.directory, day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                # Keep at most two days open: today and the one we are rolling over from.
+                for old in sorted(self._fds)[:-1]:
+                    os.close(self._fds.pop(old))
+                self._fds[day] = fd
+            return fd
+
+    def append(self, record: Mapping[str, Any], at: datetime) -> None:
+        line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+        written = os.write(self._fd(at.astimezone(UTC).date()), line)
+        if written != len(line):  # pragma: no cover - only on a full disk
+            raise OSError(f"short write to {self.directory}: {written} of {len(line)} bytes")
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+class PredictionLog:
+    """Writer for the API and the simulator: both must produce byte-identical records."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self.predictions = JsonlAppender(Path(logs_dir) / PREDICTIONS)
+        self.feedback = JsonlAppender(Path(logs_dir) / FEEDBACK)
+
+    def log_prediction(
+        self,
+        inputs: Mapping[str, Any],
+        pass_probability: float,
+        predicted_pass: bool,
+        model_version: str,
+        *,
+        prediction_id: str | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
+        at = at or utc_now()
+        record = {
+            "prediction_id": prediction_id or str(uuid.uuid4()),
+            "timestamp": at.astimezone(UTC).isoformat(),
+            "model_version": str(model_version),
+            "inputs": {name: inputs[name] for name in schema.FEATURES},
+            "pass_probability": float(pass_probability),
+            "predicted_pass": bool(predicted_pass),
+        }
+        self.predictions.append(record, at)
+        return record
+
+    def log_feedback(self, prediction_id: str, math_score: int, *, at: datetime | None = None) -> dict[str, Any]:
+        at = at or utc_now()
+        record = {
+            "prediction_id": str(prediction_id),
+            "timestamp": at.astimezone(UTC).isoformat(),
+            "math_score": int(math_score),
+        }
+        self.feedback.append(record, at)
+        return record
+
+    def close(self) -> None:
+        self.predictions.close()
+        self.feedback.close()
+
+
+@dataclass
+class ReadResult:
+    """Parsed records plus everything that could not be trusted, kept with its reason."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _parse_timestamp(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("timestamp is not a string")
+    ts = datetime.fromisoformat(value)
+    if ts.tzinfo is None:
+        raise ValueError("timestamp has no timezone")
+    return ts.astimezone(UTC)
+
+
+def _check_prediction(obj: Mapping[str, Any]) -> dict[str, Any]:
+    uuid.UUID(str(obj["prediction_id"]))
+    inputs = obj["inputs"]
+    if not isinstance(inputs, Mapping):
+        raise ValueError("inputs is not an object")
+    errors = schema.validate_record(inputs)
+    if errors:
+        raise ValueError("; ".join(map(str, errors)))
+    p = obj["pass_probability"]
+    if not isinstance(p, int | float) or isinstance(p, bool) or not (0.0 <= p <= 1.0) or math.isnan(p):
+        raise ValueError(f"pass_probability {p!r} is not a probability")
+    if not isinstance(obj["predicted_pass"], bool):
+        raise ValueError("predicted_pass is not a boolean")
+    return {
+        "prediction_id": str(obj["prediction_id"]),
+        "timestamp": _parse_timestamp(obj["timestamp"]),
+        "model_version": str(obj["model_version"]),
+        **{name: inputs[name] if name in schema.CATEGORIES else int(inputs[name]) for name in schema.FEATURES},
+        "pass_probability": float(p),
+        "predicted_pass": obj["predicted_pass"],
+    }
+
+
+def _check_feedback(obj: Mapping[str, Any]) -> dict[str, Any]:
+    uuid.UUID(str(obj["prediction_id"]))
+    err = schema.score_error(obj["math_score"])
+    if err:
+        raise ValueError(f"math_score: {err}")
+    return {
+        "prediction_id": str(obj["prediction_id"]),
+        "timestamp": _parse_timestamp(obj["timestamp"]),
+        "math_score": int(obj["math_score"]),
+    }
+
+
+_CHECKERS = {PREDICTIONS: _check_prediction, FEEDBACK: _check_feedback}
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as fh:
+        yield from enumerate(fh, start=1)
+
+
+def read_log(path: Path, kind: str) -> ReadResult:
+    """Parse one day file; a missing file is an empty day, not an error."""
+    check = _CHECKERS[kind]
+    result = ReadResult()
+    if not Path(path).exists():
+        return result
+    for line_no, raw in _lines(Path(path)):
+        text = raw.decode("utf-8", errors="replace")
+        reason: str | None = None
+        if not raw.endswith(b"\n"):
+            reason = "truncated line (no newline)"
+        else:
+            try:
+                obj = json.loads(text)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+                result.records.append(check(obj))
+                continue
+            except KeyError as exc:
+                reason = f"missing field {exc.args[0]!r}"
+            except (ValueError, TypeError) as exc:
+                reason = str(exc) or type(exc).__name__
+        result.quarantined.append(
+            {"file": str(path), "line_no": line_no, "raw": text.rstrip("\n")[:2000], "reason": reason}
+        )
+    return result
+
+
+def read_day(logs_dir: Path, kind: str, day: date) -> ReadResult:
+    return read_log(day_file(Path(logs_dir) / kind, day), kind)

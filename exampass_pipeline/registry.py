@@ -1,0 +1,166 @@
+"""The MLflow model registry contract: how a model is logged, found by alias, loaded and promoted.
+
+The training asset writes through here and the API reads through here, so the two can never disagree on where
+the decision threshold lives or which types a skops file may contain. Loading never unpickles: the artifact is
+fetched through MLflow and opened with skops against *our* allow-list, not the list the model file carries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from exampass_pipeline import schema
+from exampass_pipeline.settings import Settings
+
+EXPERIMENT_NAME = "exampass"
+ARTIFACT_PATH = "model"
+
+# Everything a model of ours may contain beyond what skops trusts by default. A candidate that needs more
+# fails at logging time (skops refuses), long before the API would refuse it.
+TRUSTED_TYPES: list[str] = [
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.utils._bunch.Bunch",
+    "collections.OrderedDict",
+    "numpy.dtype",
+]
+
+# Version tags written by the champion gate.
+TAG_DECISION = "champion_decision"
+TAG_REASON = "champion_reason"
+TAG_THRESHOLD = "threshold"
+
+
+def configure(settings: Settings) -> str:
+    """Point this process at the configured tracking store and make sure our experiment exists.
+
+    With the embedded sqlite store the artifacts go under EXAMPASS_HOME; with a tracking server the server
+    decides where artifacts live, so we leave the location unset.
+    """
+    settings.ensure_dirs()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    if settings.mlflow_registry_uri:
+        mlflow.set_registry_uri(settings.mlflow_registry_uri)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        location = (
+            settings.mlflow_artifacts_dir.as_uri() if settings.mlflow_tracking_uri.startswith("sqlite") else None
+        )
+        try:
+            return mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
+        except MlflowException:  # created concurrently by another process
+            experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+            assert experiment is not None
+    return experiment.experiment_id
+
+
+def log_model(
+    pipeline: Any,
+    threshold: float,
+    example: pd.DataFrame,
+    *,
+    candidate: str,
+    register: bool = True,
+) -> Any:
+    """Log a fitted sklearn Pipeline to the active run with skops and register it.
+
+    The threshold travels inside the MLmodel metadata, so whoever loads a version also gets the decision rule
+    it was tuned with.
+    """
+    example = example[list(schema.FEATURES)].head(5)
+    signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
+    return mlflow.sklearn.log_model(
+        pipeline,
+        name=ARTIFACT_PATH,
+        serialization_format="skops",
+        skops_trusted_types=TRUSTED_TYPES,
+        signature=signature,
+        input_example=example,
+        registered_model_name=schema.MODEL_NAME if register else None,
+        metadata={"threshold": float(threshold), "candidate": candidate, "features": list(schema.FEATURES)},
+        pyfunc_predict_fn="predict_proba",
+    )
+
+
+def champion_version(client: MlflowClient | None = None) -> ModelVersion | None:
+    """The version behind @champion, or None when nothing has been promoted yet."""
+    client = client or MlflowClient()
+    try:
+        return client.get_model_version_by_alias(schema.MODEL_NAME, schema.CHAMPION_ALIAS)
+    except MlflowException:
+        return None
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to score: the sklearn Pipeline plus everything needed to describe it."""
+
+    pipeline: Any
+    threshold: float
+    version: str
+    run_id: str | None
+    candidate: str
+    created_at_ms: int | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _read_mlmodel(model_dir: Path) -> dict[str, Any]:
+    with open(model_dir / "MLmodel") as fh:
+        return yaml.safe_load(fh)
+
+
+def load_version(version: ModelVersion, client: MlflowClient | None = None) -> LoadedModel:
+    """Fetch one registered version through MLflow and open it with skops and our own allow-list."""
+    import skops.io
+
+    client = client or MlflowClient()
+    uri = f"models:/{version.name}/{version.version}"
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    mlmodel = _read_mlmodel(model_dir)
+    flavor = mlmodel.get("flavors", {}).get("sklearn", {})
+    if flavor.get("serialization_format") != "skops":
+        raise ValueError(f"{uri} is not a skops model (format {flavor.get('serialization_format')!r}); refusing")
+    pipeline = skops.io.load(model_dir / flavor["pickled_model"], trusted=TRUSTED_TYPES)
+    meta = mlmodel.get("metadata") or {}
+    metrics: dict[str, float] = {}
+    if version.run_id:
+        run = client.get_run(version.run_id)
+        metrics = {k: v for k, v in run.data.metrics.items() if k in schema.TEST_METRICS}
+    return LoadedModel(
+        pipeline=pipeline,
+        threshold=float(meta.get("threshold", version.tags.get(TAG_THRESHOLD, 0.5))),
+        version=str(version.version),
+        run_id=version.run_id,
+        candidate=str(meta.get("candidate", "unknown")),
+        created_at_ms=version.creation_timestamp,
+        metrics=metrics,
+    )
+
+
+def load_champion(client: MlflowClient | None = None) -> LoadedModel | None:
+    client = client or MlflowClient()
+    version = champion_version(client)
+    return None if version is None else load_version(version, client)
+
+
+def record_decision(client: MlflowClient, version: str, promoted: bool, reason: str) -> None:
+    """Write the gate's verdict on the version and, when it won, move the alias."""
+    client.set_model_version_tag(schema.MODEL_NAME, version, TAG_DECISION, "promoted" if promoted else "rejected")
+    client.set_model_version_tag(schema.MODEL_NAME, version, TAG_REASON, reason)
+    if promoted:
+        client.set_registered_model_alias(schema.MODEL_NAME, schema.CHAMPION_ALIAS, version)
+
+
+def describe(loaded: LoadedModel) -> str:
+    return json.dumps({"version": loaded.version, "candidate": loaded.candidate, "threshold": loaded.threshold})
