@@ -1,4 +1,4 @@
-# One command each: `make run` (everything), `make test`, `make train`, `make serve`.
+# ExamPass: `make run` (everything), `make test`, `make train`, `make serve`, `make demo`, `make bench`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,10 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export EXAMPASS_HOME ?= $(CURDIR)/.exampass
 export DAGSTER_HOME ?= $(EXAMPASS_HOME)/dagster
-# Use the Kaggle file from ../shared when it is there and nothing else was configured.
-export EXAMPASS_DATA ?= $(if $(wildcard data/StudentsPerformance.csv),data/StudentsPerformance.csv,$(if $(wildcard ../shared/data/StudentsPerformance.csv),$(abspath ../shared/data/StudentsPerformance.csv),data/StudentsPerformance.csv))
+# The Kaggle file: data/StudentsPerformance.csv, else ../shared/data/StudentsPerformance.csv; without either the
+# pipeline trains on a synthetic sample and says so.
+export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformance.csv) $(wildcard $(abspath ../shared/data/StudentsPerformance.csv)) $(CURDIR)/data/StudentsPerformance.csv)
+MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
-.PHONY: install run train serve test lint demo bench screenshots clean
+.PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-serve bench-drift \
+	backfill screenshots system-deps clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,20 +26,50 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-train: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/exampass-train
-
+# Dagster UI :3000 (webserver + daemon), API :8000, MLflow UI :5000. Trains first when there is no champion.
 run: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/exampass-train --if-no-champion
-	$(BIN)/exampass-api & api=$$!; trap "kill $$api 2>/dev/null" EXIT; \
-	$(BIN)/dagster dev -w workspace.yaml -h 0.0.0.0 -p 3000
+	trap 'kill 0' EXIT; \
+	$(BIN)/exampass-api & \
+	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_URI)" --host 127.0.0.1 --port 5000 >/dev/null 2>&1 & \
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+train: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/exampass-train
 
 serve: install
 	$(BIN)/exampass-api
 
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_URI)" --host 127.0.0.1 --port 5000
+
+# Re-ingest, re-monitor and retrain over a date range: make backfill START=2026-11-01 END=2026-11-07
+backfill: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/exampass-backfill $(START) $(END)
+
+# The monitoring story on its own fresh home, in under two minutes.
+demo: install
+	rm -rf $(CURDIR)/.exampass/demo
+	EXAMPASS_HOME=$(CURDIR)/.exampass/demo DAGSTER_HOME=$(CURDIR)/.exampass/demo/dagster $(BIN)/exampass-demo
+
+bench: bench-model bench-serve bench-drift
+
+bench-model: install
+	$(BIN)/python benchmarks/model_quality.py
+
+bench-serve: install
+	$(BIN)/python benchmarks/serve.py
+
+bench-drift: install
+	$(BIN)/python benchmarks/drift_checks.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: install
 	$(BIN)/ruff check .

@@ -208,3 +208,111 @@ def read_log(path: Path, kind: str) -> ReadResult:
 
 def read_day(logs_dir: Path, kind: str, day: date) -> ReadResult:
     return read_log(day_file(Path(logs_dir) / kind, day), kind)
+
+
+FEEDBACK_WINDOW_DAYS = 7
+
+BATCH_COLUMNS: tuple[str, ...] = (
+    "prediction_id",
+    "partition_date",
+    "timestamp",
+    "model_version",
+    *schema.FEATURES,
+    "pass_probability",
+    "predicted_pass",
+    schema.MATH_SCORE,
+    schema.LABEL,
+    "feedback_timestamp",
+)
+
+
+@dataclass
+class DayBatch:
+    """One UTC day of predictions joined with the feedback that arrived for them so far."""
+
+    day: date
+    frame: Any  # pandas.DataFrame with BATCH_COLUMNS
+    quarantined: list[dict[str, Any]]
+    orphan_feedback: int
+    duplicate_predictions: int
+    feedback_lines: int
+
+
+def day_batch(logs_dir: Path, day: date) -> DayBatch:
+    """Join a day's predictions with feedback from that day and the following FEEDBACK_WINDOW_DAYS.
+
+    Feedback is counted as an orphan in the partition of the file it was written to, when no prediction of
+    that day or the window before it has its id; so every feedback line is judged exactly once.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    preds = read_day(logs_dir, PREDICTIONS, day)
+    quarantined = list(preds.quarantined)
+    by_id: dict[str, dict[str, Any]] = {}
+    duplicates = 0
+    for rec in preds.records:
+        if rec["prediction_id"] in by_id:
+            duplicates += 1
+            continue
+        by_id[rec["prediction_id"]] = rec
+
+    feedback: dict[str, dict[str, Any]] = {}
+    own_feedback: list[dict[str, Any]] = []
+    for offset in range(FEEDBACK_WINDOW_DAYS + 1):
+        fb_day = date.fromordinal(day.toordinal() + offset)
+        result = read_day(logs_dir, FEEDBACK, fb_day)
+        if offset == 0:
+            quarantined.extend(result.quarantined)
+            own_feedback = result.records
+        for rec in result.records:
+            if rec["prediction_id"] in by_id:
+                previous = feedback.get(rec["prediction_id"])
+                if previous is None or rec["timestamp"] >= previous["timestamp"]:
+                    feedback[rec["prediction_id"]] = rec
+
+    known_ids = set(by_id)
+    for offset in range(1, FEEDBACK_WINDOW_DAYS + 1):
+        earlier = date.fromordinal(day.toordinal() - offset)
+        known_ids.update(r["prediction_id"] for r in read_day(logs_dir, PREDICTIONS, earlier).records)
+    orphans = sum(1 for rec in own_feedback if rec["prediction_id"] not in known_ids)
+
+    rows = []
+    for pid, rec in by_id.items():
+        fb = feedback.get(pid)
+        rows.append(
+            {
+                **rec,
+                "partition_date": day,
+                "timestamp": rec["timestamp"].replace(tzinfo=None),
+                schema.MATH_SCORE: fb[schema.MATH_SCORE] if fb else None,
+                schema.LABEL: schema.pass_math(fb[schema.MATH_SCORE]) if fb else None,
+                "feedback_timestamp": fb["timestamp"].replace(tzinfo=None) if fb else None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
+    # Explicit dtypes, so that even an empty day creates the warehouse table with the right column types;
+    # the partition column must be a DATE, or re-materializing a day would duplicate its rows.
+    frame = frame.astype(
+        {
+            "prediction_id": "string",
+            "model_version": "string",
+            **{name: "string" for name in schema.CATEGORICAL_FEATURES},
+            **{name: "int64" for name in schema.NUMERIC_FEATURES},
+            "pass_probability": "float64",
+            "predicted_pass": "bool",
+            schema.MATH_SCORE: "Int64",
+            schema.LABEL: "boolean",
+        }
+    )
+    frame["partition_date"] = pd.Series(frame["partition_date"], dtype=pd.ArrowDtype(pa.date32()))
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).astype("datetime64[us]")
+    frame["feedback_timestamp"] = pd.to_datetime(frame["feedback_timestamp"]).astype("datetime64[us]")
+    return DayBatch(
+        day=day,
+        frame=frame,
+        quarantined=quarantined,
+        orphan_feedback=orphans,
+        duplicate_predictions=duplicates,
+        feedback_lines=len(own_feedback),
+    )

@@ -72,11 +72,14 @@ def log_model(
     *,
     candidate: str,
     register: bool = True,
+    pip_requirements: list[str] | None = None,
 ) -> Any:
     """Log a fitted sklearn Pipeline to the active run with skops and register it.
 
     The threshold travels inside the MLmodel metadata, so whoever loads a version also gets the decision rule
-    it was tuned with.
+    it was tuned with. ``pip_requirements=None`` lets MLflow infer them, which re-imports the model in a
+    subprocess and scans every installed distribution (30-60 s on a busy 2-core box); callers that register
+    many versions (tests, benchmarks) pass an explicit list instead.
     """
     example = example[list(schema.FEATURES)].head(5)
     signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
@@ -90,6 +93,7 @@ def log_model(
         registered_model_name=schema.MODEL_NAME if register else None,
         metadata={"threshold": float(threshold), "candidate": candidate, "features": list(schema.FEATURES)},
         pyfunc_predict_fn="predict_proba",
+        pip_requirements=pip_requirements,
     )
 
 

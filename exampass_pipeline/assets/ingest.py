@@ -1,0 +1,171 @@
+"""Ingest: the Kaggle file (or its synthetic stand-in), the cleaned student table, and daily prediction batches.
+
+The student table grows with production: labelled prediction rows (inputs plus the real maths score from
+feedback) join the original file, so a retrain learns from what the service actually saw.
+"""
+
+
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from exampass_pipeline import dataset, predlog, schema
+from exampass_pipeline.resources import WAREHOUSE_SCHEMA, ExamPassPaths
+
+PARTITIONS_START_ENV = "EXAMPASS_PARTITIONS_START"
+QUARANTINE_TABLE = f"{WAREHOUSE_SCHEMA}.quarantine"
+PRODUCTION_SOURCE = "production"
+SYNTHETIC_ROWS = 1000
+
+
+def _partitions_start() -> str:
+    import os
+
+    return os.environ.get(PARTITIONS_START_ENV, "2026-01-01")
+
+
+daily_partitions = dg.DailyPartitionsDefinition(start_date=_partitions_start())
+
+
+def _markdown_preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.head(rows).to_markdown(index=False))
+
+
+@dg.asset(group_name="training", kinds={"duckdb", "pandas"})
+def raw_students(context: dg.AssetExecutionContext, paths: ExamPassPaths) -> dg.Output[pd.DataFrame]:
+    """The student records as published, validated cell by cell.
+
+    With no file at EXAMPASS_DATA the pipeline still runs end to end on a synthetic sample, and says so in the
+    log and in metadata, so a newcomer never mistakes demo numbers for real ones.
+    """
+    path = Path(paths.data_path)
+    if path.exists():
+        try:
+            frame = dataset.read_students_csv(path)
+        except dataset.DataError as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        source = "kaggle"
+    else:
+        from exampass_pipeline import synthetic
+
+        context.log.warning(
+            f"NO DATA FILE at {path}: training on a SYNTHETIC sample of {SYNTHETIC_ROWS} students. "
+            "Set EXAMPASS_DATA to the Kaggle StudentsPerformance.csv for real results."
+        )
+        frame = synthetic.sample(SYNTHETIC_ROWS, seed=0)[list(schema.COLUMNS)]
+        source = "synthetic"
+    frame[dataset.SOURCE_COLUMN] = source
+    return dg.Output(
+        frame,
+        metadata={
+            "source": source,
+            "path": dg.MetadataValue.path(str(path)),
+            "dagster/row_count": len(frame),
+            "preview": _markdown_preview(frame),
+        },
+    )
+
+
+def _production_rows(warehouse: DuckDBResource) -> pd.DataFrame:
+    """Labelled production rows already ingested by prediction_batches; none before the first partition."""
+    columns = ", ".join(schema.COLUMNS)
+    with warehouse.get_connection() as conn:
+        exists = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [WAREHOUSE_SCHEMA, "prediction_batches"],
+        ).fetchone()
+        if not exists or not exists[0]:
+            return pd.DataFrame(columns=list(schema.COLUMNS))
+        return conn.execute(
+            f"SELECT {columns} FROM {WAREHOUSE_SCHEMA}.prediction_batches "
+            f"WHERE {schema.MATH_SCORE} IS NOT NULL ORDER BY timestamp, prediction_id"
+        ).df()
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"duckdb", "pandas"},
+    deps=[dg.AssetKey("prediction_batches")],
+)
+def students(
+    context: dg.AssetExecutionContext,
+    raw_students: pd.DataFrame,
+    warehouse: DuckDBResource,
+) -> dg.Output[pd.DataFrame]:
+    """The modelling table: typed, labelled, and tagged with where each row came from."""
+    base = dataset.clean_students(raw_students)
+    production = _production_rows(warehouse)
+    parts = [base]
+    if len(production):
+        parts.append(dataset.clean_students(production, PRODUCTION_SOURCE))
+    table = pd.concat(parts, ignore_index=True)
+    counts = table[dataset.SOURCE_COLUMN].value_counts().to_dict()
+    context.log.info(f"students: {len(table)} rows by source {counts}")
+    return dg.Output(
+        table,
+        metadata={
+            "dagster/row_count": len(table),
+            "rows_by_source": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
+            "pass_rate": float(table[schema.LABEL].mean()),
+            "preview": _markdown_preview(table),
+        },
+    )
+
+
+def _store_quarantine(warehouse: DuckDBResource, day: date, rows: list[dict[str, object]]) -> None:
+    """Replace this day's quarantined lines, so re-ingesting a day never double-counts them."""
+    frame = pd.DataFrame(rows, columns=["file", "line_no", "raw", "reason"]).astype(
+        {"file": "string", "line_no": "int64", "raw": "string", "reason": "string"}
+    )
+    frame.insert(0, "partition_date", pd.Series([day] * len(frame), dtype="datetime64[us]").dt.date)
+    with warehouse.get_connection() as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} (partition_date DATE, file VARCHAR, "
+            "line_no BIGINT, raw VARCHAR, reason VARCHAR)"
+        )
+        conn.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE partition_date = ?", [day])
+        if len(frame):
+            conn.register("quarantine_rows", frame)
+            conn.execute(f"INSERT INTO {QUARANTINE_TABLE} SELECT * FROM quarantine_rows")
+
+
+@dg.asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    kinds={"duckdb", "pandas"},
+    metadata={"partition_expr": "partition_date"},
+)
+def prediction_batches(
+    context: dg.AssetExecutionContext, paths: ExamPassPaths, warehouse: DuckDBResource
+) -> dg.Output[pd.DataFrame]:
+    """One UTC day of the API's prediction log joined with the feedback received for it so far.
+
+    Re-materializing a day picks up feedback that arrived late (up to a week); malformed lines are kept in the
+    quarantine table with their reason instead of failing the whole day.
+    """
+    day = date.fromisoformat(context.partition_key)
+    batch = predlog.day_batch(paths.logs, day)
+    _store_quarantine(warehouse, day, batch.quarantined)
+    frame = batch.frame
+    labelled = int(frame[schema.MATH_SCORE].notna().sum())
+    if batch.quarantined:
+        context.log.warning(f"{len(batch.quarantined)} malformed log line(s) quarantined for {day}")
+    if batch.orphan_feedback:
+        context.log.warning(f"{batch.orphan_feedback} feedback line(s) on {day} match no prediction")
+    return dg.Output(
+        frame,
+        metadata={
+            "dagster/row_count": len(frame),
+            "labelled_rows": labelled,
+            "quarantined_lines": len(batch.quarantined),
+            "orphan_feedback": batch.orphan_feedback,
+            "duplicate_predictions": batch.duplicate_predictions,
+            "feedback_lines": batch.feedback_lines,
+            "log_file": dg.MetadataValue.path(str(predlog.day_file(paths.logs / predlog.PREDICTIONS, day))),
+        },
+    )
+

@@ -1,0 +1,244 @@
+"""Monitoring: per-day Evidently reports, their numbers as trend tables, and the drift and quality checks.
+
+Each report asset's output *is* its trend table (one partition per day, keyed on a DATE column), so
+re-running a day replaces that day's numbers instead of appending a second copy.
+The checks are emitted by the report assets themselves: the decision needs exactly the data the report step
+already loaded, and a partitioned check then always refers to the same day as its report.
+"""
+
+
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+from mlflow import MlflowClient
+
+from exampass_pipeline import drift, quality, registry, reports, schema
+from exampass_pipeline.alerts import Alerter
+from exampass_pipeline.assets.ingest import daily_partitions
+from exampass_pipeline.checks import checked
+from exampass_pipeline.resources import ExamPassPaths, Thresholds
+from exampass_pipeline.settings import Settings
+
+NO_DATA_DRIFT = "no_data_drift"
+PREDICTION_DRIFT = "prediction_drift"
+MODEL_QUALITY = "model_quality"
+SEGMENT_QUALITY = "segment_quality"
+
+
+@lru_cache(maxsize=8)
+def _load_version(tracking_uri: str, version: str) -> registry.LoadedModel:
+    """Models are immutable per version, so one load per process and version is enough."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    return registry.load_version(client.get_model_version(schema.MODEL_NAME, version), client)
+
+
+def serving_model(batch: pd.DataFrame) -> registry.LoadedModel | None:
+    """The version that answered most of the day's requests, else the current champion.
+
+    Prediction drift and quality must be judged against the model that actually made the predictions.
+    """
+    settings = Settings.from_env()
+    registry.configure(settings)
+    client = MlflowClient()
+    if len(batch):
+        version = str(batch["model_version"].mode().iloc[0])
+        try:
+            return _load_version(settings.mlflow_tracking_uri, version)
+        except Exception:  # noqa: BLE001 - a deleted or foreign version: fall back to the champion
+            pass
+    champion = registry.champion_version(client)
+    return None if champion is None else _load_version(settings.mlflow_tracking_uri, str(champion.version))
+
+
+def _long_table(day: date, numbers: dict[str, Any], kind: str) -> pd.DataFrame:
+    rows = [{"metric": k, "value": float(v)} for k, v in numbers.items() if isinstance(v, int | float)]
+    frame = pd.DataFrame(rows, columns=["metric", "value"]).astype({"metric": "string", "value": "float64"})
+    frame.insert(0, "partition_date", pd.Series([day] * len(frame), dtype=pd.ArrowDtype(pa.date32())))
+    frame["report"] = pd.Series([kind] * len(frame), dtype="string")
+    frame["computed_at"] = pd.Series([datetime.now(UTC).replace(tzinfo=None)] * len(frame), dtype="datetime64[us]")
+    return frame
+
+
+def _report_link(paths: ExamPassPaths, html: Any) -> dict[str, dg.MetadataValue]:
+    return {"report": dg.MetadataValue.path(str(html)), "report_url": dg.MetadataValue.url(html.as_uri())}
+
+
+@dg.asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    kinds={"evidently", "duckdb"},
+    metadata={"partition_expr": "partition_date"},
+    ins={"train_split": dg.AssetIn(), "validation_split": dg.AssetIn(), "test_split": dg.AssetIn()},
+    check_specs=[
+        dg.AssetCheckSpec(NO_DATA_DRIFT, asset="drift_report", description="The day's inputs did not drift."),
+        dg.AssetCheckSpec(PREDICTION_DRIFT, asset="drift_report", description="Predicted probabilities did not drift."),
+    ],
+)
+def drift_report(
+    context: dg.AssetExecutionContext,
+    prediction_batches: pd.DataFrame,
+    train_split: pd.DataFrame,
+    validation_split: pd.DataFrame,
+    test_split: pd.DataFrame,
+    paths: ExamPassPaths,
+    thresholds: Thresholds,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
+) -> Any:
+    """Evidently data drift of the day's inputs and predicted probabilities against the training split."""
+    day = date.fromisoformat(context.partition_key)
+    current = prediction_batches
+    model = serving_model(current)
+    held_out = pd.concat([validation_split, test_split], ignore_index=True)
+    reference = train_split[list(schema.FEATURES)].copy()
+    if model is not None:
+        reference_probs = model.pipeline.predict_proba(held_out[list(schema.FEATURES)])[:, 1]
+        reference["pass_probability"] = model.pipeline.predict_proba(reference[list(schema.FEATURES)])[:, 1]
+    else:
+        reference_probs = None
+    html = paths.reports / "drift" / f"{day.isoformat()}.html"
+    html.parent.mkdir(parents=True, exist_ok=True)
+    numbers = reports.drift_report(reference, current[[*schema.FEATURES, "pass_probability"]], html)
+
+    data = drift.data_drift(
+        train_split, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
+    )
+    if reference_probs is None:
+        pred = None
+    else:
+        pred = drift.prediction_drift(
+            reference_probs,
+            current["pass_probability"].to_numpy(),
+            alpha=thresholds.drift_alpha,
+            min_rows=thresholds.drift_min_rows,
+        )
+    numbers.update({f"exampass_{k}": v for k, v in data.to_metadata().items()})
+    table = _long_table(day, numbers, "drift")
+    yield dg.Output(
+        table,
+        metadata={
+            **_report_link(paths, html),
+            "rows": len(current),
+            "drift_status": data.status,
+            "drifted_columns": ", ".join(data.drifted_columns) or "none",
+            "model_version": model.version if model else "none",
+        },
+    )
+    yield checked(
+        context,
+        alerter,
+        warehouse,
+        asset="drift_report",
+        check_name=NO_DATA_DRIFT,
+        passed=data.passed,
+        message=data.reason,
+        metadata={**data.to_metadata(), **_report_link(paths, html)},
+        partition_key=context.partition_key,
+    )
+    if pred is None:
+        yield dg.AssetCheckResult(
+            asset_key="drift_report",
+            check_name=PREDICTION_DRIFT,
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="no champion model: prediction drift not judged",
+        )
+    else:
+        yield checked(
+            context,
+            alerter,
+            warehouse,
+            asset="drift_report",
+            check_name=PREDICTION_DRIFT,
+            passed=pred.passed,
+            message=pred.reason,
+            metadata={**pred.to_metadata(), **_report_link(paths, html)},
+            partition_key=context.partition_key,
+        )
+
+
+@dg.asset(
+    group_name="monitoring",
+    partitions_def=daily_partitions,
+    kinds={"evidently", "duckdb"},
+    metadata={"partition_expr": "partition_date"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            MODEL_QUALITY, asset="quality_report", description="Fail-class recall and ROC-AUC hold up."
+        ),
+        dg.AssetCheckSpec(
+            SEGMENT_QUALITY,
+            asset="quality_report",
+            description="Fail-class recall does not differ too much between lunch and gender groups.",
+        ),
+    ],
+)
+def quality_report(
+    context: dg.AssetExecutionContext,
+    prediction_batches: pd.DataFrame,
+    paths: ExamPassPaths,
+    thresholds: Thresholds,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
+) -> Any:
+    """Evidently classification quality on the day's labelled rows, overall and per segment."""
+    day = date.fromisoformat(context.partition_key)
+    labelled = prediction_batches[prediction_batches[schema.MATH_SCORE].notna()].copy()
+    labelled[schema.LABEL] = labelled[schema.LABEL].astype(bool)
+    labelled["predicted_pass"] = labelled["predicted_pass"].astype(bool)
+    model = serving_model(prediction_batches)
+    threshold = model.threshold if model else 0.5
+    html = paths.reports / "quality" / f"{day.isoformat()}.html"
+    html.parent.mkdir(parents=True, exist_ok=True)
+    numbers = reports.quality_report(labelled, threshold, html)
+
+    champion_figures = model.metrics if model else {}
+    decision = quality.model_quality(
+        labelled[schema.LABEL].to_numpy(),
+        labelled["pass_probability"].to_numpy(),
+        threshold,
+        champion_figures,
+        alpha=thresholds.quality_alpha,
+        min_labelled=thresholds.quality_min_labelled,
+    )
+    segments = quality.segment_quality(
+        labelled, max_gap=thresholds.segment_max_gap, min_fail_per_group=thresholds.segment_min_fail
+    )
+    numbers.update({f"exampass_{k}": v for k, v in decision.to_metadata().items()})
+    yield dg.Output(
+        _long_table(day, numbers, "quality"),
+        metadata={
+            **_report_link(paths, html),
+            "labelled_rows": len(labelled),
+            "quality_status": decision.status,
+            "model_version": model.version if model else "none",
+        },
+    )
+    yield checked(
+        context,
+        alerter,
+        warehouse,
+        asset="quality_report",
+        check_name=MODEL_QUALITY,
+        passed=decision.passed,
+        message=decision.reason,
+        metadata={**decision.to_metadata(), **_report_link(paths, html)},
+        partition_key=context.partition_key,
+    )
+    yield checked(
+        context,
+        alerter,
+        warehouse,
+        asset="quality_report",
+        check_name=SEGMENT_QUALITY,
+        passed=segments.passed,
+        message=segments.reason,
+        metadata={**segments.to_metadata(), **_report_link(paths, html)},
+        severity=dg.AssetCheckSeverity.WARN,
+        partition_key=context.partition_key,
+    )

@@ -1,0 +1,198 @@
+"""Asset checks on the training data, and the one path by which any failed check becomes an alert.
+
+Checks on `students` are blocking: a table with the wrong schema, nulls, too few rows or an implausible pass
+rate must stop training before it produces a model that looks fine and is not.
+"""
+
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from exampass_pipeline import schema
+from exampass_pipeline.alerts import Alerter
+from exampass_pipeline.resources import Thresholds
+
+SEVERITY = {dg.AssetCheckSeverity.ERROR: "ERROR", dg.AssetCheckSeverity.WARN: "WARN"}
+
+
+def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, dg.MetadataValue) else v) for k, v in metadata.items()}
+
+
+def checked(
+    context: dg.OpExecutionContext | dg.AssetCheckExecutionContext | dg.AssetExecutionContext,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
+    *,
+    asset: str,
+    check_name: str,
+    passed: bool,
+    message: str,
+    metadata: dict[str, Any],
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+    partition_key: str | None = None,
+) -> dg.AssetCheckResult:
+    """Build the check result and, when it failed, record and deliver the alert before returning it."""
+    if not passed:
+        alerter.raise_alert(
+            warehouse,
+            check_name=check_name,
+            asset=asset,
+            partition_key=partition_key,
+            severity=SEVERITY[severity],
+            message=message,
+            figures=_jsonable(metadata),
+            log=context.log,
+        )
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=check_name,
+        passed=passed,
+        severity=severity,
+        description=message,
+        metadata={**metadata, "message": message},
+    )
+
+
+def schema_problems(frame: pd.DataFrame) -> list[str]:
+    problems = [f"missing column {c}" for c in (*schema.COLUMNS, schema.LABEL) if c not in frame.columns]
+    for name in schema.CATEGORICAL_FEATURES:
+        if name in frame:
+            unknown = sorted(set(frame[name].dropna().astype(str)) - set(schema.CATEGORIES[name]))
+            if unknown:
+                problems.append(f"{name} has unknown categories {unknown[:5]}")
+    for name in schema.SCORES:
+        if name in frame:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            outside = int(((values < schema.SCORE_MIN) | (values > schema.SCORE_MAX) | values.isna()).sum())
+            if outside:
+                problems.append(f"{name} has {outside} value(s) outside {schema.SCORE_MIN}-{schema.SCORE_MAX}")
+    if schema.LABEL in frame and schema.MATH_SCORE in frame:
+        wrong = int((frame[schema.LABEL] != (frame[schema.MATH_SCORE] >= schema.PASS_MARK)).sum())
+        if wrong:
+            problems.append(f"{schema.LABEL} disagrees with {schema.MATH_SCORE} on {wrong} row(s)")
+    return problems
+
+
+@dg.asset_check(asset="students", blocking=True, description="Columns, categories and score ranges.")
+def students_schema(
+    context: dg.AssetCheckExecutionContext, students: pd.DataFrame, alerter: Alerter, warehouse: DuckDBResource
+) -> dg.AssetCheckResult:
+    problems = schema_problems(students)
+    return checked(
+        context,
+        alerter,
+        warehouse,
+        asset="students",
+        check_name="students_schema",
+        passed=not problems,
+        message="; ".join(problems) if problems else "schema, categories and ranges as expected",
+        metadata={"problems": len(problems)},
+    )
+
+
+@dg.asset_check(asset="students", blocking=True, description="No missing values in any column.")
+def students_no_nulls(
+    context: dg.AssetCheckExecutionContext, students: pd.DataFrame, alerter: Alerter, warehouse: DuckDBResource
+) -> dg.AssetCheckResult:
+    nulls = {c: int(n) for c, n in students.isna().sum().items() if n}
+    return checked(
+        context,
+        alerter,
+        warehouse,
+        asset="students",
+        check_name="students_no_nulls",
+        passed=not nulls,
+        message=f"null values: {nulls}" if nulls else "no nulls",
+        metadata={"null_columns": dg.MetadataValue.json(nulls)},
+    )
+
+
+@dg.asset_check(asset="students", blocking=True, description="Enough rows to train on.")
+def students_min_rows(
+    context: dg.AssetCheckExecutionContext,
+    students: pd.DataFrame,
+    thresholds: Thresholds,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
+) -> dg.AssetCheckResult:
+    n = len(students)
+    ok = n >= thresholds.min_student_rows
+    return checked(
+        context,
+        alerter,
+        warehouse,
+        asset="students",
+        check_name="students_min_rows",
+        passed=ok,
+        message=f"{n} rows; the minimum is {thresholds.min_student_rows}",
+        metadata={"rows": n, "min_rows": thresholds.min_student_rows},
+    )
+
+
+@dg.asset_check(asset="students", blocking=True, description="The pass rate is plausible.")
+def students_pass_rate(
+    context: dg.AssetCheckExecutionContext,
+    students: pd.DataFrame,
+    thresholds: Thresholds,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
+) -> dg.AssetCheckResult:
+    rate = float(students[schema.LABEL].mean()) if len(students) else float("nan")
+    ok = thresholds.pass_rate_min <= rate <= thresholds.pass_rate_max
+    return checked(
+        context,
+        alerter,
+        warehouse,
+        asset="students",
+        check_name="students_pass_rate",
+        passed=ok,
+        message=f"pass rate {rate:.3f}; allowed band {thresholds.pass_rate_min}-{thresholds.pass_rate_max}",
+        metadata={"pass_rate": rate, "min": thresholds.pass_rate_min, "max": thresholds.pass_rate_max},
+    )
+
+
+@dg.asset_check(
+    asset="train_split",
+    blocking=True,
+    additional_ins={"validation_split": dg.AssetIn(), "test_split": dg.AssetIn(), "students": dg.AssetIn()},
+    description="Train, validation and test are disjoint, cover the table, and are 70/10/20.",
+)
+def splits_disjoint_and_sized(
+    context: dg.AssetCheckExecutionContext,
+    train_split: pd.DataFrame,
+    validation_split: pd.DataFrame,
+    test_split: pd.DataFrame,
+    students: pd.DataFrame,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
+) -> dg.AssetCheckResult:
+    from exampass_pipeline import modeling
+    from exampass_pipeline.assets.training import ROW_ID
+
+    ids = {name: set(frame[ROW_ID]) for name, frame in
+           (("train", train_split), ("validation", validation_split), ("test", test_split))}
+    overlaps = {
+        f"{a}&{b}": len(ids[a] & ids[b]) for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))
+    }
+    n = len(students)
+    expected = modeling.split_sizes(n)
+    actual = {"train": len(train_split), "validation": len(validation_split), "test": len(test_split)}
+    covered = len(ids["train"] | ids["validation"] | ids["test"]) == n
+    problems = [f"{k} overlap {v} rows" for k, v in overlaps.items() if v]
+    problems += [f"{k} has {actual[k]} rows, expected {expected[k]}" for k in actual if actual[k] != expected[k]]
+    if not covered:
+        problems.append("the splits do not cover every student row exactly once")
+    return checked(
+        context,
+        alerter,
+        warehouse,
+        asset="train_split",
+        check_name="splits_disjoint_and_sized",
+        passed=not problems,
+        message="; ".join(problems) if problems else f"disjoint and sized {actual} of {n}",
+        metadata={**{f"rows_{k}": v for k, v in actual.items()}, **{f"overlap_{k}": v for k, v in overlaps.items()}},
+    )

@@ -1,0 +1,145 @@
+"""Headless entry points: `exampass-train` and `exampass-backfill`.
+
+They materialize into the real Dagster instance (DAGSTER_HOME), so their runs, checks and metadata show up in
+the UI exactly as if they had been launched there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+from tqdm import tqdm
+
+from exampass_pipeline import registry, schema
+from exampass_pipeline.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def instance_for(settings: Settings) -> dg.DagsterInstance:
+    """The project-local instance; seeded with the repo's dagster.yaml the first time."""
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists() and (REPO_ROOT / "dagster.yaml").exists():
+        shutil.copy(REPO_ROOT / "dagster.yaml", config)
+    return dg.DagsterInstance.get()
+
+
+def materialize_training(
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    *,
+    selection: dg.AssetSelection | None = None,
+    candidate_set: str = "default",
+    tags: dict[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    from exampass_pipeline.definitions import ASSET_CHECKS, ASSETS
+    from exampass_pipeline.jobs import TRAINING
+    from exampass_pipeline.resources import build_resources
+
+    return dg.materialize(
+        [*ASSETS, *ASSET_CHECKS],
+        selection=selection or TRAINING,
+        instance=instance,
+        resources=build_resources(settings),
+        run_config={"ops": {"pass_classifier": {"config": {"candidate_set": candidate_set}}}},
+        tags=tags,
+        raise_on_error=False,
+    )
+
+
+def materialize_monitoring(
+    instance: dg.DagsterInstance, settings: Settings, partition_key: str
+) -> dg.ExecuteInProcessResult:
+    from exampass_pipeline.definitions import ASSET_CHECKS, ASSETS
+    from exampass_pipeline.jobs import MONITORING
+    from exampass_pipeline.resources import build_resources
+
+    return dg.materialize(
+        [*ASSETS, *ASSET_CHECKS],
+        selection=MONITORING,
+        partition_key=partition_key,
+        instance=instance,
+        resources=build_resources(settings),
+        raise_on_error=False,
+    )
+
+
+def _print_training(result: dg.ExecuteInProcessResult) -> int:
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+                print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+        for evaluation in result.get_asset_check_evaluations():
+            if not evaluation.passed:
+                print(f"CHECK FAILED {evaluation.check_name}: {evaluation.description}", file=sys.stderr)
+        return 1
+    for mat in result.get_asset_materialization_events():
+        if mat.asset_key == dg.AssetKey("model_evaluation"):
+            meta = mat.materialization.metadata
+            print(f"model version {meta['model_version'].value}: {meta['decision'].value} ({meta['reason'].value})")
+            for name in schema.TEST_METRICS:
+                print(f"  {name:24s} {meta[name].value:.4f}")
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Materialize the ExamPass training assets and print test metrics.")
+    parser.add_argument("--if-no-champion", action="store_true", help="do nothing when a champion exists")
+    parser.add_argument("--candidate-set", default="default", help="modeling.CANDIDATE_SETS key")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    registry.configure(settings)
+    if args.if_no_champion and registry.champion_version() is not None:
+        print(f"champion exists: {registry.champion_version().version}; skipping training")  # type: ignore[union-attr]
+        return 0
+    if not settings.data_path.exists():
+        print(f"warning: no data file at {settings.data_path}; training on a synthetic sample", file=sys.stderr)
+    result = materialize_training(instance_for(settings), settings, candidate_set=args.candidate_set)
+    return _print_training(result)
+
+
+def _days(start: str, end: str) -> list[date]:
+    first, last = date.fromisoformat(start), date.fromisoformat(end)
+    if last < first:
+        raise SystemExit(f"end {end} is before start {start}")
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def backfill_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Re-ingest and re-monitor every day in a range, then retrain once on the grown table."
+    )
+    parser.add_argument("start", help="first day, YYYY-MM-DD")
+    parser.add_argument("end", help="last day, YYYY-MM-DD (inclusive)")
+    parser.add_argument("--no-retrain", action="store_true", help="only re-ingest and re-monitor")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    registry.configure(settings)
+    instance = instance_for(settings)
+    failed_checks: list[str] = []
+    status = 0
+    for day in tqdm(_days(args.start, args.end), desc="monitoring", unit="day"):
+        result = materialize_monitoring(instance, settings, day.isoformat())
+        if not result.success:
+            status = 1
+            tqdm.write(f"{day}: monitoring run failed, see the Dagster UI run {result.run_id}")
+            continue
+        verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        failed = sorted(name for name, ok in verdicts.items() if not ok)
+        failed_checks += [f"{day}:{name}" for name in failed]
+        tqdm.write(f"{day}: " + ("all checks passed" if not failed else "FAILED " + ", ".join(failed)))
+    if args.no_retrain:
+        return status
+    from exampass_pipeline.jobs import RETRAIN
+
+    print(f"retraining on the grown student table ({len(failed_checks)} failed checks in the range)")
+    return _print_training(materialize_training(instance, settings, selection=RETRAIN)) or status
