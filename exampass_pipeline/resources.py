@@ -79,11 +79,12 @@ def mlflow_resource(context: dg.InitResourceContext) -> Iterator[Any]:
     registry.configure(replace(settings, mlflow_tracking_uri=tracking_uri))
     generator = mlflow_tracking.resource_fn(context)
     tracker = next(generator)
+    started = mlflow.active_run()
     try:
         yield tracker
     finally:
         active = mlflow.active_run()
-        if active is not None and active.info.run_id == tracker.mlflow_run_id:
+        if active is not None and started is not None and active.info.run_id == started.info.run_id:
             mlflow.set_tag("exampass.outcome", "dagster run ended before training completed")
             mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
 

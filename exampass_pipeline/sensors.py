@@ -51,7 +51,9 @@ def retrain_on_failed_checks(context: dg.SensorEvaluationContext) -> dg.SensorRe
             continue
         seen[name] = record.id
         if _failed(record):
-            failures.append(f"{name}@{record.partition or '-'}#{record.id}")
+            run = context.instance.get_run_by_id(record.run_id)
+            partition = record.partition or (run.tags.get("dagster/partition") if run else None) or "-"
+            failures.append(f"{name}@{partition}#{record.id}")
     now = time.time()
     if not failures:
         context.update_cursor(json.dumps(cursor))

@@ -32,3 +32,38 @@ def exampass_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_csv: Pat
     settings = Settings.from_env()
     settings.ensure_dirs()
     return settings
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory, real_csv: Path) -> Path:
+    """One real training run (the quick `fast` candidate set) shared by the monitoring tests.
+
+    Returns the EXAMPASS_HOME it trained in; tests copy its warehouse and point MLflow at its registry, so
+    they get a champion and the stored splits without paying for training each time.
+    """
+    import dagster as dg
+
+    from exampass_pipeline.cli import materialize_training
+
+    home = tmp_path_factory.mktemp("trained") / "exampass"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXAMPASS_HOME", str(home))
+        mp.setenv("EXAMPASS_DATA", str(real_csv))
+        for name in ("MLFLOW_TRACKING_URI", "DAGSTER_HOME", "EXAMPASS_DUCKDB", "EXAMPASS_LOGS", "EXAMPASS_REPORTS",
+                     "EXAMPASS_ALERT_WEBHOOK"):
+            mp.delenv(name, raising=False)
+        settings = Settings.from_env()
+        with dg.instance_for_test() as instance:
+            result = materialize_training(instance, settings, candidate_set="fast")
+        assert result.success, "training for the shared monitoring fixture failed"
+    return home
+
+
+@pytest.fixture
+def monitoring_home(exampass_home: Settings, trained_store: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A fresh home whose warehouse holds the trained splits and whose MLflow registry has a champion."""
+    import shutil
+
+    shutil.copy(trained_store / "warehouse.duckdb", exampass_home.duckdb_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_store / 'mlflow' / 'mlflow.db'}")
+    return Settings.from_env()

@@ -149,8 +149,12 @@ def prediction_batches(
     """
     day = date.fromisoformat(context.partition_key)
     batch = predlog.day_batch(paths.logs, day)
-    _store_quarantine(warehouse, day, batch.quarantined)
     frame = batch.frame
+    _store_quarantine(warehouse, day, batch.quarantined)
+    with warehouse.get_connection() as conn:
+        # The IO manager skips empty frames; a quiet first day must still create the typed table downstream
+        # reports read from.
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {WAREHOUSE_SCHEMA}.prediction_batches AS SELECT * FROM frame LIMIT 0")
     labelled = int(frame[schema.MATH_SCORE].notna().sum())
     if batch.quarantined:
         context.log.warning(f"{len(batch.quarantined)} malformed log line(s) quarantined for {day}")

@@ -69,7 +69,7 @@ def test_rematerializing_a_day_keeps_one_copy_and_picks_up_late_feedback(exampas
             "SELECT partition_date, count(*), count(math_score), sum(CASE WHEN pass_math THEN 1 ELSE 0 END) "
             "FROM exampass.prediction_batches GROUP BY 1 ORDER BY 1"
         ).fetchall()
-        assert per_day == [(DAY, 20, 12, 5), (DAY + timedelta(days=1), 1, 0, None)]
+        assert per_day == [(DAY, 20, 12, 5), (DAY + timedelta(days=1), 1, 0, 0)]
         column_type = conn.execute(
             "SELECT data_type FROM information_schema.columns WHERE table_name = 'prediction_batches' "
             "AND column_name = 'partition_date'"

@@ -52,7 +52,7 @@ def test_training_graph_registers_a_champion_then_gates_a_weaker_model(exampass_
         registry.configure(exampass_home)
         client = MlflowClient()
         champion = registry.champion_version(client)
-        assert champion is not None and champion.version == "1"
+        assert champion is not None and str(champion.version) == "1"
         assert champion.tags[registry.TAG_DECISION] == "promoted"
         run = client.get_run(champion.run_id)
         assert run.info.status == "FINISHED"
@@ -71,7 +71,7 @@ def test_training_graph_registers_a_champion_then_gates_a_weaker_model(exampass_
 
         second = train(instance, exampass_home, candidate_set="weak")
         assert second.success
-        assert registry.champion_version(client).version == "1"
+        assert str(registry.champion_version(client).version) == "1"
         weak = client.get_model_version(schema.MODEL_NAME, "2")
         assert weak.tags[registry.TAG_DECISION] == "rejected"
         assert "registered but not served" in weak.tags[registry.TAG_REASON]

@@ -1,0 +1,73 @@
+"""The retrain sensor, evaluated against a real instance whose check evaluations come from real monitoring runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import dagster as dg
+import pytest
+
+from exampass_pipeline import registry, simulate
+from exampass_pipeline.cli import materialize_monitoring
+from exampass_pipeline.sensors import COOLDOWN_ENV, retrain_on_failed_checks
+from exampass_pipeline.settings import Settings
+
+NORMAL_DAY = date(2026, 11, 10)
+DRIFT_DAY = date(2026, 11, 11)
+
+
+def evaluate(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[object, str | None]:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    result = retrain_on_failed_checks(context)
+    new_cursor = result.cursor if isinstance(result, dg.SensorResult) else context.cursor
+    return result, new_cursor
+
+
+def simulate_days(settings: Settings, days: list[date], scenario: str, seed: int) -> None:
+    registry.configure(settings)
+    model = registry.load_champion()
+    simulate.write_history(settings.logs_dir, model, days, 200, scenario, feedback_rate=1.0,
+                           feedback_delay_days=0, seed=seed, progress=False)
+
+
+def test_one_failure_requests_exactly_one_retrain(monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(COOLDOWN_ENV, "0")
+    simulate_days(monitoring_home, [NORMAL_DAY], "none", seed=3)
+    simulate_days(monitoring_home, [DRIFT_DAY], "lunch_shift", seed=4)
+    with dg.instance_for_test() as instance:
+        result, cursor = evaluate(instance)
+        assert isinstance(result, dg.SkipReason)
+
+        normal = materialize_monitoring(instance, monitoring_home, NORMAL_DAY.isoformat())
+        verdicts = {e.check_name: e.passed for e in normal.get_asset_check_evaluations()}
+        assert verdicts["no_data_drift"] is True
+        result, cursor = evaluate(instance, cursor)
+        assert isinstance(result, dg.SkipReason)
+
+        drifted = materialize_monitoring(instance, monitoring_home, DRIFT_DAY.isoformat())
+        assert {e.check_name: e.passed for e in drifted.get_asset_check_evaluations()}["no_data_drift"] is False
+        result, cursor = evaluate(instance, cursor)
+        assert isinstance(result, dg.SensorResult)
+        assert len(result.run_requests) == 1
+        request = result.run_requests[0]
+        assert "drift_report:no_data_drift@2026-11-11" in request.run_key
+        assert request.job_name in (None, "retrain_job")
+
+        again, cursor = evaluate(instance, cursor)
+        assert isinstance(again, dg.SkipReason), "the same failure must not request a second run"
+        assert json.loads(cursor)["seen"]
+
+
+def test_cooldown_holds_back_a_second_retrain(monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(COOLDOWN_ENV, "3600")
+    days = [DRIFT_DAY, date(2026, 11, 12)]
+    simulate_days(monitoring_home, days, "lunch_shift", seed=5)
+    with dg.instance_for_test() as instance:
+        materialize_monitoring(instance, monitoring_home, days[0].isoformat())
+        first, cursor = evaluate(instance)
+        assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
+        materialize_monitoring(instance, monitoring_home, days[1].isoformat())
+        second, _ = evaluate(instance, cursor)
+        assert isinstance(second, dg.SkipReason)
+        assert "cooldown" in str(second.skip_message)
