@@ -64,20 +64,23 @@ def free_port() -> int:
 class ApiProcess:
     """The real `exampass-api` in its own process, polling the registry every second."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
         env = {**env, "EXAMPASS_API_PORT": str(self.port), "EXAMPASS_API_HOST": "127.0.0.1",
                "EXAMPASS_MODEL_POLL_S": env.get("EXAMPASS_MODEL_POLL_S", "1")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exampass_api"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "exampass_api"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
 
-    def wait_ready(self, timeout_s: float = 60) -> dict[str, Any]:
+    def wait_ready(self, timeout_s: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise RuntimeError(f"the API exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
                     return self.model()
@@ -89,7 +92,7 @@ class ApiProcess:
     def model(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/model", timeout=5).json()
 
-    def wait_version(self, version: str, timeout_s: float = 30) -> dict[str, Any]:
+    def wait_version(self, version: str, timeout_s: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             info = self.model()
@@ -180,7 +183,7 @@ def run_story(
                   f"test ROC-AUC {champion.metrics.get('test_roc_auc', float('nan')):.3f}")
 
         story.say("2. starting the prediction API ...")
-        api = ApiProcess(dict(os.environ))
+        api = ApiProcess(dict(os.environ), settings.home / "api.log")
         story.served_version_before = str(api.wait_ready()["version"])
         live = simulate.drive_api(api.url, 20, seed=seed, progress=False)
         story.api_predictions = live.predictions

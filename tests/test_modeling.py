@@ -1,0 +1,343 @@
+"""The modelling rules on the real Kaggle file: splits, candidates, selection, threshold, metrics, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from threadpoolctl import threadpool_limits
+
+from exampass_pipeline import modeling, registry, schema
+
+ALLOWED_ESTIMATORS = (LogisticRegression, RandomForestClassifier, HistGradientBoostingClassifier)
+
+
+@pytest.fixture(scope="module")
+def students(real_csv: Path) -> pd.DataFrame:
+    df = pd.read_csv(real_csv).rename(columns=schema.KAGGLE_HEADER)
+    df[schema.LABEL] = df[schema.MATH_SCORE].map(schema.pass_math).astype(bool)
+    df["source"] = "kaggle"
+    return df
+
+
+@pytest.fixture(scope="module")
+def splits(students: pd.DataFrame) -> modeling.Splits:
+    return modeling.split_students(students, seed=42)
+
+
+@pytest.fixture(scope="module")
+def selection(splits: modeling.Splits) -> modeling.Selection:
+    return modeling.train_and_select(splits.train, splits.validation, candidate_set="default", seed=42)
+
+
+@pytest.fixture(scope="module")
+def fitted_candidates(splits: modeling.Splits) -> dict[str, object]:
+    candidates = modeling.build_candidates(modeling.CANDIDATES, seed=0)
+    with threadpool_limits(limits=1):
+        return {name: modeling.fit_pipeline(p, splits.train) for name, p in candidates.items()}
+
+
+# --- splits ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1000, 997, 45, 25])
+def test_split_sizes_follow_the_documented_half_up_rule(students: pd.DataFrame, n: int) -> None:
+    label = students[schema.LABEL]
+    n_fail = max(3, int(n * (1 - label.mean())))
+    df = pd.concat([students[~label].head(n_fail), students[label].head(n - n_fail)])
+    parts = modeling.split_students(df, seed=3)
+    test = int(np.floor(0.2 * n + 0.5))
+    validation = int(np.floor(0.1 * n + 0.5))
+    assert (len(parts.train), len(parts.validation), len(parts.test)) == (
+        n - test - validation,
+        validation,
+        test,
+    )
+    assert modeling.split_sizes(n) == {"train": len(parts.train), "validation": validation, "test": test}
+
+
+def test_split_sizes_round_halves_up() -> None:
+    # Python's round() is half-to-even (round(2.5) == 2); the documented rule is half-up.
+    assert modeling.split_sizes(25) == {"train": 17, "validation": 3, "test": 5}
+    assert modeling.split_sizes(45) == {"train": 31, "validation": 5, "test": 9}
+    assert modeling.split_sizes(1000) == {"train": 700, "validation": 100, "test": 200}
+
+
+def test_splits_are_disjoint_and_cover_every_row(students: pd.DataFrame, splits: modeling.Splits) -> None:
+    idx = [set(part.index) for part in (splits.train, splits.validation, splits.test)]
+    assert not (idx[0] & idx[1]) and not (idx[0] & idx[2]) and not (idx[1] & idx[2])
+    assert idx[0] | idx[1] | idx[2] == set(students.index)
+
+
+def test_splits_are_stratified_on_the_label(students: pd.DataFrame, splits: modeling.Splits) -> None:
+    overall = students[schema.LABEL].mean()
+    for part in (splits.train, splits.validation, splits.test):
+        assert abs(part[schema.LABEL].mean() - overall) <= 0.01
+
+
+def test_splits_are_deterministic_per_seed_and_differ_across_seeds(students: pd.DataFrame) -> None:
+    a, b = modeling.split_students(students, seed=7), modeling.split_students(students, seed=7)
+    for x, y in ((a.train, b.train), (a.validation, b.validation), (a.test, b.test)):
+        assert list(x.index) == list(y.index)
+    c = modeling.split_students(students, seed=8)
+    assert set(c.test.index) != set(a.test.index)
+    assert set(c.validation.index) != set(a.validation.index)
+
+
+def test_splits_preserve_extra_columns_and_values(students: pd.DataFrame, splits: modeling.Splits) -> None:
+    for part in (splits.train, splits.validation, splits.test):
+        assert list(part.columns) == list(students.columns)
+        pd.testing.assert_frame_equal(part, students.loc[part.index])
+
+
+def test_split_rejects_bad_tables_naming_the_field(students: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="writing_score"):
+        modeling.split_students(students.drop(columns=[schema.WRITING_SCORE]))
+    broken = students.copy()
+    broken[schema.LABEL] = broken[schema.LABEL].astype(object)
+    broken.loc[broken.index[3], schema.LABEL] = None
+    with pytest.raises(ValueError, match=schema.LABEL):
+        modeling.split_students(broken)
+    with pytest.raises(ValueError, match="at least 3"):
+        modeling.split_students(students[students[schema.LABEL]])
+
+
+def test_split_accepts_a_0_1_label_from_a_warehouse(students: pd.DataFrame) -> None:
+    as_int = students.assign(**{schema.LABEL: students[schema.LABEL].astype(int)})
+    a, b = modeling.split_students(as_int, seed=5), modeling.split_students(students, seed=5)
+    assert list(a.test.index) == list(b.test.index)
+
+
+# --- candidates -----------------------------------------------------------------------------------
+
+
+def test_candidate_sets_name_known_candidates_and_default_has_the_three_families() -> None:
+    assert {"default", "weak"} <= set(modeling.CANDIDATE_SETS)
+    for names in modeling.CANDIDATE_SETS.values():
+        assert set(names) <= set(modeling.CANDIDATES)
+    built = modeling.build_candidates(modeling.CANDIDATE_SETS["default"], seed=0)
+    kinds = {type(p.named_steps["model"]) for p in built.values()}
+    assert kinds == set(ALLOWED_ESTIMATORS)
+    with pytest.raises(ValueError, match="unknown name 'svm'"):
+        modeling.build_candidates(["svm"], seed=0)
+
+
+@pytest.mark.parametrize("name", list(modeling.CANDIDATES))
+def test_candidate_uses_only_types_the_api_scorer_compiles(name: str) -> None:
+    pipeline = modeling.build_candidates([name], seed=0)[name]
+    assert [step for step, _ in pipeline.steps] == ["preprocess", "model"]
+    assert isinstance(pipeline.named_steps["model"], ALLOWED_ESTIMATORS)
+    pre = pipeline.named_steps["preprocess"]
+    assert isinstance(pre, ColumnTransformer)
+    seen: list[str] = []
+    for _, transformer, columns in pre.transformers:
+        seen += list(columns)
+        if isinstance(transformer, OneHotEncoder):
+            assert transformer.handle_unknown == "ignore"
+            assert [tuple(c) for c in transformer.categories] == [schema.CATEGORIES[c] for c in columns]
+        else:
+            assert transformer == "passthrough" or isinstance(transformer, StandardScaler)
+    assert sorted(seen) == sorted(schema.FEATURES)
+
+
+@pytest.mark.parametrize("name", list(modeling.CANDIDATES))
+def test_every_candidate_round_trips_through_skops_with_our_trusted_types(
+    name: str, fitted_candidates: dict[str, object], splits: modeling.Splits, tmp_path: Path
+) -> None:
+    fitted = fitted_candidates[name]
+    path = tmp_path / f"{name}.skops"
+    skops.io.dump(fitted, path)
+    loaded = skops.io.load(path, trusted=registry.TRUSTED_TYPES)
+    X = splits.test[list(schema.FEATURES)]
+    np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+
+
+# --- training targets -------------------------------------------------------------------------------------
+
+
+def test_soft_targets_split_each_student_by_distance_from_the_pass_mark(splits: modeling.Splits) -> None:
+    train = splits.train
+    X, y, w = modeling.training_targets(train)
+    assert list(X.columns) == list(schema.FEATURES)
+    assert len(X) == len(y) == len(w) and (w >= modeling.SOFT_WEIGHT_FLOOR).all()
+    # Rebuild which student each kept row came from: rows 0..n-1 are "pass" copies, n..2n-1 "fail" copies.
+    n = len(train)
+    kept = X.index.to_numpy()
+    student = np.where(kept < n, kept, kept - n)
+    total = np.bincount(student, weights=w, minlength=n)
+    assert np.all(total > 1 - modeling.SOFT_WEIGHT_FLOOR) and np.all(total <= 1 + 1e-12)
+    math_score = train[schema.MATH_SCORE].to_numpy()
+    pass_weight = np.zeros(n)
+    pass_weight[student[y]] = w[y]
+    far_fail, far_pass = math_score <= 30, math_score >= 70
+    assert far_fail.any() and far_pass.any()
+    assert np.all(pass_weight[far_fail] == 0) and np.all(pass_weight[far_pass] > 0.999)
+    near = np.isin(math_score, [48, 49])
+    assert near.any() and np.all((pass_weight[near] > 0.2) & (pass_weight[near] < 0.5))
+    # Weight moves smoothly with the score: more maths, more "pass".
+    order = np.argsort(math_score, kind="stable")
+    assert np.all(np.diff(pass_weight[order]) >= -1e-12)
+
+
+def test_targets_fall_back_to_hard_labels_and_refuse_inconsistent_ones(splits: modeling.Splits) -> None:
+    train = splits.train
+    for X, y, w in (
+        modeling.training_targets(train.drop(columns=[schema.MATH_SCORE])),
+        modeling.training_targets(train, soft_label_scale=0),
+    ):
+        assert len(X) == len(train) and np.all(w == 1.0)
+        np.testing.assert_array_equal(y, train[schema.LABEL].to_numpy())
+    flipped = train.copy()
+    flipped.loc[flipped.index[0], schema.LABEL] = not flipped[schema.LABEL].iloc[0]
+    with pytest.raises(ValueError, match="disagrees"):
+        modeling.training_targets(flipped)
+    missing = train.astype({schema.MATH_SCORE: "float64"})
+    missing.loc[missing.index[2], schema.MATH_SCORE] = np.nan
+    with pytest.raises(ValueError, match=schema.MATH_SCORE):
+        modeling.training_targets(missing)
+
+
+# --- selection and threshold ----------------------------------------------------------------------
+
+
+def test_selection_keeps_the_best_validation_roc_auc(
+    selection: modeling.Selection, splits: modeling.Splits
+) -> None:
+    scores = selection.candidate_scores
+    assert set(scores) == set(modeling.CANDIDATE_SETS["default"])
+    assert scores[selection.name]["roc_auc"] == max(s["roc_auc"] for s in scores.values())
+    # The returned pipeline is the very model those scores describe, already fitted.
+    p_val = modeling.pass_probability(selection.pipeline, splits.validation)
+    measured = roc_auc_score(splits.validation[schema.LABEL], p_val)
+    assert measured == pytest.approx(scores[selection.name]["roc_auc"], abs=1e-12)
+    for name, s in scores.items():
+        assert set(modeling.METRIC_NAMES) <= set(s), name
+        assert 0.5 < s["roc_auc"] <= 1.0 and s["fit_seconds"] >= 0
+
+
+def test_threshold_is_a_probability_that_does_not_lose_f1_fail_to_0_5(
+    selection: modeling.Selection, splits: modeling.Splits
+) -> None:
+    assert 0.0 < selection.threshold < 1.0
+    y_fail = ~splits.validation[schema.LABEL].to_numpy(dtype=bool)
+    p_val = modeling.pass_probability(selection.pipeline, splits.validation)
+    f1_tuned = f1_score(y_fail, p_val < selection.threshold)
+    f1_default = f1_score(y_fail, p_val < 0.5)
+    assert f1_tuned >= f1_default
+    assert selection.validation_metrics["f1_fail"] == pytest.approx(f1_tuned)
+    # On the pooled tuning data (out-of-fold train + validation) it is the objective, so it must not lose.
+    assert selection.tuning["pool_f1_fail_at_threshold"] >= selection.tuning["pool_f1_fail_at_0_5"]
+    assert selection.tuning["pool_rows"] == len(splits.train) + len(splits.validation)
+    assert selection.tuning["soft_label_scale"] == modeling.SOFT_LABEL_SCALE
+
+
+def test_choose_threshold_takes_the_middle_of_the_best_plateau() -> None:
+    rng = np.random.default_rng(0)
+    # Fails sit at p_pass 0.30-0.40 and passes at 0.60-0.95: every cut-off in (0.40, 0.60] is perfect.
+    p = np.concatenate([rng.uniform(0.30, 0.40, 40), rng.uniform(0.60, 0.95, 260)])
+    y = np.concatenate([np.zeros(40, bool), np.ones(260, bool)])
+    t = modeling.choose_threshold(y, p)
+    assert 0.45 <= t <= 0.55
+    assert modeling.classification_metrics(y, p, t)["f1_fail"] == 1.0
+
+
+def test_weak_set_scores_clearly_lower_than_default(
+    selection: modeling.Selection, splits: modeling.Splits
+) -> None:
+    weak = modeling.train_and_select(splits.train, splits.validation, candidate_set="weak", seed=42)
+    assert weak.name in modeling.CANDIDATE_SETS["weak"]
+    weak_auc = modeling.evaluate(weak.pipeline, weak.threshold, splits.test)["test_roc_auc"]
+    default_auc = modeling.evaluate(selection.pipeline, selection.threshold, splits.test)["test_roc_auc"]
+    assert weak_auc < default_auc - 0.05
+
+
+def test_train_and_select_rejects_bad_input(splits: modeling.Splits) -> None:
+    with pytest.raises(ValueError, match="unknown 'nope'"):
+        modeling.train_and_select(splits.train, splits.validation, candidate_set="nope")
+    with pytest.raises(ValueError, match="lunch"):
+        modeling.train_and_select(splits.train.drop(columns=[schema.LUNCH]), splits.validation)
+    one_class = splits.validation[splits.validation[schema.LABEL]]
+    with pytest.raises(ValueError, match="validation needs at least 2 passing and 2 failing"):
+        modeling.train_and_select(splits.train, one_class)
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def test_evaluate_returns_exactly_the_registry_metrics_in_range(
+    selection: modeling.Selection, splits: modeling.Splits
+) -> None:
+    metrics = modeling.evaluate(selection.pipeline, selection.threshold, splits.test)
+    assert tuple(metrics) == schema.TEST_METRICS
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["test_roc_auc"] > 0.9
+    p = modeling.pass_probability(selection.pipeline, splits.test)
+    expected = modeling.classification_metrics(splits.test[schema.LABEL], p, selection.threshold)
+    assert metrics == {f"test_{k}": v for k, v in expected.items()}
+
+
+def test_classification_metrics_treat_fail_as_the_positive_class() -> None:
+    y = np.array([True, True, False, False])
+    p = np.array([0.9, 0.4, 0.3, 0.6])
+    # At 0.5: predicted pass = [T, F, F, T]; fails caught 1 of 2, flagged 2 -> precision = recall = F1 = 0.5.
+    m = modeling.classification_metrics(y, p, 0.5)
+    assert m["f1_fail"] == m["recall_fail"] == m["precision_fail"] == 0.5
+    assert m["accuracy"] == m["balanced_accuracy"] == 0.5
+    assert m["roc_auc"] == 0.75  # 3 of the 4 (pass, fail) pairs are ordered correctly
+    assert m["brier"] == pytest.approx((0.1**2 + 0.6**2 + 0.3**2 + 0.6**2) / 4)
+    # Flagging everybody catches every fail.
+    assert modeling.classification_metrics(y, p, 1.0)["recall_fail"] == 1.0
+
+
+def test_classification_metrics_on_a_single_class_batch_and_bad_input() -> None:
+    m = modeling.classification_metrics(np.ones(5, bool), np.full(5, 0.8), 0.5)
+    assert np.isnan(m["roc_auc"]) and m["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="p_pass"):
+        modeling.classification_metrics(np.ones(2, bool), np.array([0.5, 1.5]), 0.5)
+    with pytest.raises(ValueError, match="lengths differ"):
+        modeling.classification_metrics(np.ones(3, bool), np.array([0.5, 0.5]), 0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        modeling.classification_metrics(np.ones(2, bool), np.array([0.5, 0.5]), 2.0)
+    with pytest.raises(ValueError, match="True/False or 1/0"):
+        modeling.classification_metrics(np.array([0, 2]), np.array([0.5, 0.5]), 0.5)
+    as_int = modeling.classification_metrics(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.3, 0.6]), 0.5)
+    assert as_int == modeling.classification_metrics(
+        np.array([True, True, False, False]), np.array([0.9, 0.4, 0.3, 0.6]), 0.5
+    )
+
+
+# --- plots and lineage ----------------------------------------------------------------------------
+
+
+def test_plots_write_png_files(
+    selection: modeling.Selection, splits: modeling.Splits, tmp_path: Path
+) -> None:
+    y = splits.test[schema.LABEL].to_numpy()
+    p = modeling.pass_probability(selection.pipeline, splits.test)
+    roc = modeling.plot_roc(y, p, tmp_path / "nested" / "roc.png")
+    cm = modeling.plot_confusion(y, p, selection.threshold, tmp_path / "cm.png")
+    for path in (roc, cm):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_table_hash_ignores_row_order_index_and_dtype_but_not_values(students: pd.DataFrame) -> None:
+    base = modeling.table_hash(students)
+    shuffled = students.sample(frac=1.0, random_state=3)
+    assert modeling.table_hash(shuffled) == base
+    assert modeling.table_hash(shuffled.reset_index(drop=True)[students.columns[::-1]]) == base
+    assert modeling.table_hash(students.astype({schema.READING_SCORE: "float64"})) == base
+    changed = students.copy()
+    changed.loc[changed.index[10], schema.READING_SCORE] += 1
+    assert modeling.table_hash(changed) != base
+    assert modeling.table_hash(students.iloc[1:]) != base
+    assert modeling.table_hash(students.rename(columns={"source": "origin"})) != base
