@@ -4,7 +4,6 @@ Checks on `students` are blocking: a table with the wrong schema, nulls, too few
 rate must stop training before it produces a model that looks fine and is not.
 """
 
-
 from typing import Any
 
 import dagster as dg
@@ -69,7 +68,9 @@ def schema_problems(frame: pd.DataFrame) -> list[str]:
             values = pd.to_numeric(frame[name], errors="coerce")
             outside = int(((values < schema.SCORE_MIN) | (values > schema.SCORE_MAX) | values.isna()).sum())
             if outside:
-                problems.append(f"{name} has {outside} value(s) outside {schema.SCORE_MIN}-{schema.SCORE_MAX}")
+                problems.append(
+                    f"{name} has {outside} value(s) outside {schema.SCORE_MIN}-{schema.SCORE_MAX}"
+                )
     if schema.LABEL in frame and schema.MATH_SCORE in frame:
         wrong = int((frame[schema.LABEL] != (frame[schema.MATH_SCORE] >= schema.PASS_MARK)).sum())
         if wrong:
@@ -79,7 +80,10 @@ def schema_problems(frame: pd.DataFrame) -> list[str]:
 
 @dg.asset_check(asset="students", blocking=True, description="Columns, categories and score ranges.")
 def students_schema(
-    context: dg.AssetCheckExecutionContext, students: pd.DataFrame, alerter: Alerter, warehouse: DuckDBResource
+    context: dg.AssetCheckExecutionContext,
+    students: pd.DataFrame,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
 ) -> dg.AssetCheckResult:
     problems = schema_problems(students)
     return checked(
@@ -96,7 +100,10 @@ def students_schema(
 
 @dg.asset_check(asset="students", blocking=True, description="No missing values in any column.")
 def students_no_nulls(
-    context: dg.AssetCheckExecutionContext, students: pd.DataFrame, alerter: Alerter, warehouse: DuckDBResource
+    context: dg.AssetCheckExecutionContext,
+    students: pd.DataFrame,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
 ) -> dg.AssetCheckResult:
     nulls = {c: int(n) for c, n in students.isna().sum().items() if n}
     return checked(
@@ -173,17 +180,22 @@ def splits_disjoint_and_sized(
     from exampass_pipeline import modeling
     from exampass_pipeline.assets.training import ROW_ID
 
-    ids = {name: set(frame[ROW_ID]) for name, frame in
-           (("train", train_split), ("validation", validation_split), ("test", test_split))}
+    ids = {
+        name: set(frame[ROW_ID])
+        for name, frame in (("train", train_split), ("validation", validation_split), ("test", test_split))
+    }
     overlaps = {
-        f"{a}&{b}": len(ids[a] & ids[b]) for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))
+        f"{a}&{b}": len(ids[a] & ids[b])
+        for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))
     }
     n = len(students)
     expected = modeling.split_sizes(n)
     actual = {"train": len(train_split), "validation": len(validation_split), "test": len(test_split)}
     covered = len(ids["train"] | ids["validation"] | ids["test"]) == n
     problems = [f"{k} overlap {v} rows" for k, v in overlaps.items() if v]
-    problems += [f"{k} has {actual[k]} rows, expected {expected[k]}" for k in actual if actual[k] != expected[k]]
+    problems += [
+        f"{k} has {actual[k]} rows, expected {expected[k]}" for k in actual if actual[k] != expected[k]
+    ]
     if not covered:
         problems.append("the splits do not cover every student row exactly once")
     return checked(
@@ -194,5 +206,8 @@ def splits_disjoint_and_sized(
         check_name="splits_disjoint_and_sized",
         passed=not problems,
         message="; ".join(problems) if problems else f"disjoint and sized {actual} of {n}",
-        metadata={**{f"rows_{k}": v for k, v in actual.items()}, **{f"overlap_{k}": v for k, v in overlaps.items()}},
+        metadata={
+            **{f"rows_{k}": v for k, v in actual.items()},
+            **{f"overlap_{k}": v for k, v in overlaps.items()},
+        },
     )

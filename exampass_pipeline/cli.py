@@ -77,7 +77,10 @@ def _print_training(result: dg.ExecuteInProcessResult) -> int:
     if not result.success:
         for event in result.all_events:
             if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-                print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+                print(
+                    f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}",
+                    file=sys.stderr,
+                )
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed:
                 print(f"CHECK FAILED {evaluation.check_name}: {evaluation.description}", file=sys.stderr)
@@ -85,14 +88,18 @@ def _print_training(result: dg.ExecuteInProcessResult) -> int:
     for mat in result.get_asset_materialization_events():
         if mat.asset_key == dg.AssetKey("model_evaluation"):
             meta = mat.materialization.metadata
-            print(f"model version {meta['model_version'].value}: {meta['decision'].value} ({meta['reason'].value})")
+            print(
+                f"model version {meta['model_version'].value}: {meta['decision'].value} ({meta['reason'].value})"
+            )
             for name in schema.TEST_METRICS:
                 print(f"  {name:24s} {meta[name].value:.4f}")
     return 0
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Materialize the ExamPass training assets and print test metrics.")
+    parser = argparse.ArgumentParser(
+        description="Materialize the ExamPass training assets and print test metrics."
+    )
     parser.add_argument("--if-no-champion", action="store_true", help="do nothing when a champion exists")
     parser.add_argument("--candidate-set", default="default", help="modeling.CANDIDATE_SETS key")
     args = parser.parse_args(argv)
@@ -102,7 +109,9 @@ def train_main(argv: list[str] | None = None) -> int:
         print(f"champion exists: {registry.champion_version().version}; skipping training")  # type: ignore[union-attr]
         return 0
     if not settings.data_path.exists():
-        print(f"warning: no data file at {settings.data_path}; training on a synthetic sample", file=sys.stderr)
+        print(
+            f"warning: no data file at {settings.data_path}; training on a synthetic sample", file=sys.stderr
+        )
     result = materialize_training(instance_for(settings), settings, candidate_set=args.candidate_set)
     return _print_training(result)
 

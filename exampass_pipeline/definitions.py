@@ -20,8 +20,23 @@ from exampass_pipeline.schedules import nightly_monitoring
 from exampass_pipeline.sensors import retrain_on_failed_checks
 from exampass_pipeline.settings import Settings
 
-ASSETS = [raw_students, students, splits, pass_classifier, model_evaluation, prediction_batches, drift_report, quality_report]
-ASSET_CHECKS = [students_schema, students_no_nulls, students_min_rows, students_pass_rate, splits_disjoint_and_sized]
+ASSETS = [
+    raw_students,
+    students,
+    splits,
+    pass_classifier,
+    model_evaluation,
+    prediction_batches,
+    drift_report,
+    quality_report,
+]
+ASSET_CHECKS = [
+    students_schema,
+    students_no_nulls,
+    students_min_rows,
+    students_pass_rate,
+    splits_disjoint_and_sized,
+]
 
 
 def build_defs(settings: Settings | None = None) -> dg.Definitions:

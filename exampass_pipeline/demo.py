@@ -68,8 +68,12 @@ class ApiProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**env, "EXAMPASS_API_PORT": str(self.port), "EXAMPASS_API_HOST": "127.0.0.1",
-               "EXAMPASS_MODEL_POLL_S": env.get("EXAMPASS_MODEL_POLL_S", "1")}
+        env = {
+            **env,
+            "EXAMPASS_API_PORT": str(self.port),
+            "EXAMPASS_API_HOST": "127.0.0.1",
+            "EXAMPASS_MODEL_POLL_S": env.get("EXAMPASS_MODEL_POLL_S", "1"),
+        }
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -179,24 +183,38 @@ def run_story(
         champion = registry.load_champion()
         assert champion is not None
         story.first_version = champion.version
-        story.say(f"   champion is version {champion.version} ({champion.candidate}), "
-                  f"test ROC-AUC {champion.metrics.get('test_roc_auc', float('nan')):.3f}")
+        story.say(
+            f"   champion is version {champion.version} ({champion.candidate}), "
+            f"test ROC-AUC {champion.metrics.get('test_roc_auc', float('nan')):.3f}"
+        )
 
         story.say("2. starting the prediction API ...")
         api = ApiProcess(dict(os.environ), settings.home / "api.log")
         story.served_version_before = str(api.wait_ready()["version"])
         live = simulate.drive_api(api.url, 20, seed=seed, progress=False)
         story.api_predictions = live.predictions
-        story.say(f"   {api.url} serves version {story.served_version_before}; {live.predictions} live predictions")
+        story.say(
+            f"   {api.url} serves version {story.served_version_before}; {live.predictions} live predictions"
+        )
 
         last = end or (datetime.now(UTC).date() - timedelta(days=1))
         days = simulate.history_days(last, normal_days + drift_days)
         drift_start = days[normal_days]
-        story.say(f"3. simulating {normal_days} ordinary days then {drift_days} days of {scenario} "
-                  f"({days[0]} .. {days[-1]}, {rows_per_day} students a day, with feedback) ...")
+        story.say(
+            f"3. simulating {normal_days} ordinary days then {drift_days} days of {scenario} "
+            f"({days[0]} .. {days[-1]}, {rows_per_day} students a day, with feedback) ..."
+        )
         summaries = simulate.write_history(
-            settings.logs_dir, champion, days, rows_per_day, scenario, drift_start,
-            feedback_rate=1.0, feedback_delay_days=0, seed=seed, progress=False,
+            settings.logs_dir,
+            champion,
+            days,
+            rows_per_day,
+            scenario,
+            drift_start,
+            feedback_rate=1.0,
+            feedback_delay_days=0,
+            seed=seed,
+            progress=False,
         )
 
         story.say("4. materializing the monitoring partitions ...")
@@ -212,12 +230,16 @@ def run_story(
                 "SELECT check_name, partition_key, severity, delivery_status FROM exampass.alerts ORDER BY created_at"
             ).fetchall()
         story.webhook_bodies = list(receiver.bodies)
-        story.say(f"5. {len(story.alerts)} alert(s) recorded in DuckDB exampass.alerts; "
-                  f"the webhook received {len(story.webhook_bodies)}")
+        story.say(
+            f"5. {len(story.alerts)} alert(s) recorded in DuckDB exampass.alerts; "
+            f"the webhook received {len(story.webhook_bodies)}"
+        )
 
         story.run_requests = _evaluate_sensor(instance)
-        story.say(f"6. the sensor retrain_on_failed_checks requested {len(story.run_requests)} run(s)"
-                  + (f": {story.run_requests[0].run_key}" if story.run_requests else ""))
+        story.say(
+            f"6. the sensor retrain_on_failed_checks requested {len(story.run_requests)} run(s)"
+            + (f": {story.run_requests[0].run_key}" if story.run_requests else "")
+        )
         if story.run_requests:
             from exampass_pipeline.jobs import RETRAIN
 
@@ -233,13 +255,17 @@ def run_story(
                     story.reason = str(meta["reason"].value)
                 if event.asset_key == dg.AssetKey("students"):
                     story.production_rows_in_training = int(meta["rows_by_source"].value.get("production", 0))
-            story.say(f"7. retrained on {story.production_rows_in_training} labelled production rows: version "
-                      f"{story.new_version} {story.decision} ({story.reason})")
+            story.say(
+                f"7. retrained on {story.production_rows_in_training} labelled production rows: version "
+                f"{story.new_version} {story.decision} ({story.reason})"
+            )
             expected = story.new_version if story.decision == "promoted" else story.served_version_before
             story.served_version_after = str(api.wait_version(expected)["version"])
             story.say(f"8. the API now serves version {story.served_version_after} (no restart)")
-        story.say(f"Reports: {settings.reports_dir / 'drift'} and {settings.reports_dir / 'quality'}; "
-                  f"warehouse: {settings.duckdb_path}; MLflow: {settings.mlflow_tracking_uri}")
+        story.say(
+            f"Reports: {settings.reports_dir / 'drift'} and {settings.reports_dir / 'quality'}; "
+            f"warehouse: {settings.duckdb_path}; MLflow: {settings.mlflow_tracking_uri}"
+        )
         story.say(f"Done in {time.monotonic() - started:.0f}s.")
         return story
     finally:
@@ -250,10 +276,13 @@ def run_story(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the ExamPass monitoring story end to end.")
-    parser.add_argument("--scenario", default="lunch_shift", choices=[s for s in synthetic.SCENARIOS if s != "none"])
+    parser.add_argument(
+        "--scenario", default="lunch_shift", choices=[s for s in synthetic.SCENARIOS if s != "none"]
+    )
     parser.add_argument("--rows-per-day", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    story = run_story(Settings.from_env(), scenario=args.scenario, rows_per_day=args.rows_per_day, seed=args.seed)
+    story = run_story(
+        Settings.from_env(), scenario=args.scenario, rows_per_day=args.rows_per_day, seed=args.seed
+    )
     return 0 if story.retrain_success else 1
-

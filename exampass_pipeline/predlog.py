@@ -103,7 +103,9 @@ class PredictionLog:
         self.predictions.append(record, at)
         return record
 
-    def log_feedback(self, prediction_id: str, math_score: int, *, at: datetime | None = None) -> dict[str, Any]:
+    def log_feedback(
+        self, prediction_id: str, math_score: int, *, at: datetime | None = None
+    ) -> dict[str, Any]:
         at = at or utc_now()
         record = {
             "prediction_id": str(prediction_id),
@@ -152,7 +154,9 @@ def _check_prediction(obj: Mapping[str, Any]) -> dict[str, Any]:
         "prediction_id": str(obj["prediction_id"]),
         "timestamp": _parse_timestamp(obj["timestamp"]),
         "model_version": str(obj["model_version"]),
-        **{name: inputs[name] if name in schema.CATEGORIES else int(inputs[name]) for name in schema.FEATURES},
+        **{
+            name: inputs[name] if name in schema.CATEGORIES else int(inputs[name]) for name in schema.FEATURES
+        },
         "pass_probability": float(p),
         "predicted_pass": obj["predicted_pass"],
     }

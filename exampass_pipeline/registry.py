@@ -42,11 +42,20 @@ TAG_REASON = "champion_reason"
 TAG_THRESHOLD = "threshold"
 
 
+def _database_store(uri: str) -> bool:
+    """A tracking URI that is a database (sqlite, or Postgres/MySQL on a server without an MLflow server).
+
+    With no tracking server nobody else decides where artifacts go, and MLflow's default is ./mlruns relative
+    to whatever directory the process started in; EXAMPASS_HOME is the only place that is always right.
+    """
+    return uri.split(":", 1)[0].split("+", 1)[0] in {"sqlite", "postgresql", "mysql", "mssql"}
+
+
 def configure(settings: Settings) -> str:
     """Point this process at the configured tracking store and make sure our experiment exists.
 
-    With the embedded sqlite store the artifacts go under EXAMPASS_HOME; with a tracking server the server
-    decides where artifacts live, so we leave the location unset.
+    With a database store (sqlite, or Postgres without a tracking server) the artifacts go under
+    EXAMPASS_HOME; with a tracking server the server decides where artifacts live, so we leave it unset.
     """
     settings.ensure_dirs()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
@@ -54,9 +63,8 @@ def configure(settings: Settings) -> str:
         mlflow.set_registry_uri(settings.mlflow_registry_uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:
-        location = (
-            settings.mlflow_artifacts_dir.as_uri() if settings.mlflow_tracking_uri.startswith("sqlite") else None
-        )
+        database = _database_store(settings.mlflow_tracking_uri)
+        location = settings.mlflow_artifacts_dir.as_uri() if database else None
         try:
             return mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
         except MlflowException:  # created concurrently by another process
@@ -134,7 +142,9 @@ def load_version(version: ModelVersion, client: MlflowClient | None = None) -> L
     mlmodel = _read_mlmodel(model_dir)
     flavor = mlmodel.get("flavors", {}).get("sklearn", {})
     if flavor.get("serialization_format") != "skops":
-        raise ValueError(f"{uri} is not a skops model (format {flavor.get('serialization_format')!r}); refusing")
+        raise ValueError(
+            f"{uri} is not a skops model (format {flavor.get('serialization_format')!r}); refusing"
+        )
     pipeline = skops.io.load(model_dir / flavor["pickled_model"], trusted=TRUSTED_TYPES)
     meta = mlmodel.get("metadata") or {}
     metrics: dict[str, float] = {}
@@ -160,11 +170,15 @@ def load_champion(client: MlflowClient | None = None) -> LoadedModel | None:
 
 def record_decision(client: MlflowClient, version: str, promoted: bool, reason: str) -> None:
     """Write the gate's verdict on the version and, when it won, move the alias."""
-    client.set_model_version_tag(schema.MODEL_NAME, version, TAG_DECISION, "promoted" if promoted else "rejected")
+    client.set_model_version_tag(
+        schema.MODEL_NAME, version, TAG_DECISION, "promoted" if promoted else "rejected"
+    )
     client.set_model_version_tag(schema.MODEL_NAME, version, TAG_REASON, reason)
     if promoted:
         client.set_registered_model_alias(schema.MODEL_NAME, schema.CHAMPION_ALIAS, version)
 
 
 def describe(loaded: LoadedModel) -> str:
-    return json.dumps({"version": loaded.version, "candidate": loaded.candidate, "threshold": loaded.threshold})
+    return json.dumps(
+        {"version": loaded.version, "candidate": loaded.candidate, "threshold": loaded.threshold}
+    )

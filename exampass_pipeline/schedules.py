@@ -1,6 +1,5 @@
 """Schedules: monitoring re-runs the last week every night, because feedback arrives up to 7 days late."""
 
-
 from datetime import timedelta
 
 import dagster as dg

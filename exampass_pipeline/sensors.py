@@ -5,7 +5,6 @@ already acted on; the run key is built from those ids, so a re-evaluated tick ca
 the same failure. A cooldown stops a burst of failing days (a backfill) from queueing a retrain per day.
 """
 
-
 import json
 import os
 import time

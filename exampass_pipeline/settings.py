@@ -75,7 +75,9 @@ class Settings:
         for path in (self.home, self.dagster_home, self.logs_dir, self.reports_dir, self.duckdb_path.parent):
             path.mkdir(parents=True, exist_ok=True)
         if self.mlflow_tracking_uri.startswith("sqlite:///"):
-            Path(self.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
             self.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
 
 

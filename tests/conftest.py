@@ -26,8 +26,14 @@ def exampass_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_csv: Pat
     monkeypatch.setenv("EXAMPASS_HOME", str(home))
     monkeypatch.setenv("EXAMPASS_DATA", str(real_csv))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "EXAMPASS_DUCKDB", "EXAMPASS_LOGS",
-                 "EXAMPASS_REPORTS", "EXAMPASS_ALERT_WEBHOOK"):
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "EXAMPASS_DUCKDB",
+        "EXAMPASS_LOGS",
+        "EXAMPASS_REPORTS",
+        "EXAMPASS_ALERT_WEBHOOK",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = Settings.from_env()
     settings.ensure_dirs()
@@ -49,8 +55,14 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, real_csv: Path) -> P
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EXAMPASS_HOME", str(home))
         mp.setenv("EXAMPASS_DATA", str(real_csv))
-        for name in ("MLFLOW_TRACKING_URI", "DAGSTER_HOME", "EXAMPASS_DUCKDB", "EXAMPASS_LOGS", "EXAMPASS_REPORTS",
-                     "EXAMPASS_ALERT_WEBHOOK"):
+        for name in (
+            "MLFLOW_TRACKING_URI",
+            "DAGSTER_HOME",
+            "EXAMPASS_DUCKDB",
+            "EXAMPASS_LOGS",
+            "EXAMPASS_REPORTS",
+            "EXAMPASS_ALERT_WEBHOOK",
+        ):
             mp.delenv(name, raising=False)
         settings = Settings.from_env()
         with dg.instance_for_test() as instance:
@@ -60,7 +72,9 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, real_csv: Path) -> P
 
 
 @pytest.fixture
-def monitoring_home(exampass_home: Settings, trained_store: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def monitoring_home(
+    exampass_home: Settings, trained_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     """A fresh home whose warehouse holds the trained splits and whose MLflow registry has a champion."""
     import shutil
 

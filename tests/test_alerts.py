@@ -74,7 +74,8 @@ def _alert(alerter: Alerter, db: Path) -> dict[str, Any]:
 def _rows(db: Path) -> list[tuple[Any, ...]]:
     with duckdb.connect(str(db)) as conn:
         return conn.execute(
-            f"SELECT check_name, partition_key, severity, delivery_status, delivery_attempts, figures FROM {ALERTS_TABLE}"
+            "SELECT check_name, partition_key, severity, delivery_status, delivery_attempts, figures "
+            f"FROM {ALERTS_TABLE}"
         ).fetchall()
 
 
@@ -126,7 +127,14 @@ def test_without_webhook_the_alert_is_only_recorded(tmp_path: Path) -> None:
 
 def test_payload_is_slack_compatible() -> None:
     payload = slack_payload(
-        {"check_name": "c", "asset": "a", "partition_key": None, "severity": "WARN", "message": "m", "figures": {}}
+        {
+            "check_name": "c",
+            "asset": "a",
+            "partition_key": None,
+            "severity": "WARN",
+            "message": "m",
+            "figures": {},
+        }
     )
     assert isinstance(payload["text"], str) and payload["text"].endswith(": m")
     assert all(block["text"]["type"] == "mrkdwn" for block in payload["blocks"])

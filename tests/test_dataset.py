@@ -8,8 +8,10 @@ import pytest
 
 from exampass_pipeline import dataset, schema
 
-HEADER = '"gender","race/ethnicity","parental level of education","lunch","test preparation course",' \
+HEADER = (
+    '"gender","race/ethnicity","parental level of education","lunch","test preparation course",'
     '"math score","reading score","writing score"'
+)
 ROW = '"female","group B","bachelor\'s degree","standard","none","72","72","74"'
 
 
@@ -38,11 +40,22 @@ def test_accepts_snake_case_header(tmp_path: Path) -> None:
     ("content", "expected"),
     [
         (HEADER.replace(',"lunch"', "") + "\n" + ROW + "\n", "missing column(s) lunch"),
-        (HEADER + "\n" + ROW.replace("group B", "group Z") + "\n", "row 2, column race_ethnicity: unknown category 'group Z'"),
-        (HEADER + "\n" + ROW + "\n" + ROW.replace('"72","72"', '"seventy","72"') + "\n",
-         "row 3, column math_score: 'seventy' is not a number"),
-        (HEADER + "\n" + ROW.replace('"74"', '"140"') + "\n", "row 2, column writing_score: '140' is outside 0-100"),
-        (HEADER + "\n" + ROW.replace('"74"', '"-3"') + "\n", "row 2, column writing_score: '-3' is outside 0-100"),
+        (
+            HEADER + "\n" + ROW.replace("group B", "group Z") + "\n",
+            "row 2, column race_ethnicity: unknown category 'group Z'",
+        ),
+        (
+            HEADER + "\n" + ROW + "\n" + ROW.replace('"72","72"', '"seventy","72"') + "\n",
+            "row 3, column math_score: 'seventy' is not a number",
+        ),
+        (
+            HEADER + "\n" + ROW.replace('"74"', '"140"') + "\n",
+            "row 2, column writing_score: '140' is outside 0-100",
+        ),
+        (
+            HEADER + "\n" + ROW.replace('"74"', '"-3"') + "\n",
+            "row 2, column writing_score: '-3' is outside 0-100",
+        ),
         (HEADER + "\n" + ROW.replace('"74"', '"7.5"') + "\n", "'7.5' is not a whole number"),
         ("", "the file is empty"),
         ("   \n\n", "the file is empty"),
@@ -50,10 +63,23 @@ def test_accepts_snake_case_header(tmp_path: Path) -> None:
         ('{"students": [1, 2, 3]}', "missing column(s)"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a CSV text file"),
     ],
-    ids=["missing-column", "unknown-category", "non-numeric", "too-high", "negative", "fraction", "empty",
-         "blank", "header-only", "json", "binary"],
+    ids=[
+        "missing-column",
+        "unknown-category",
+        "non-numeric",
+        "too-high",
+        "negative",
+        "fraction",
+        "empty",
+        "blank",
+        "header-only",
+        "json",
+        "binary",
+    ],
 )
-def test_bad_files_are_refused_with_file_place_and_reason(tmp_path: Path, content: str | bytes, expected: str) -> None:
+def test_bad_files_are_refused_with_file_place_and_reason(
+    tmp_path: Path, content: str | bytes, expected: str
+) -> None:
     path = write(tmp_path, content)
     with pytest.raises(dataset.DataError) as err:
         dataset.read_students_csv(path)

@@ -13,8 +13,16 @@ from exampass_pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_ASSETS = {
-    "raw_students", "students", "train_split", "validation_split", "test_split", "pass_classifier",
-    "model_evaluation", "prediction_batches", "drift_report", "quality_report",
+    "raw_students",
+    "students",
+    "train_split",
+    "validation_split",
+    "test_split",
+    "pass_classifier",
+    "model_evaluation",
+    "prediction_batches",
+    "drift_report",
+    "quality_report",
 }
 
 
@@ -22,7 +30,11 @@ def test_workspace_yaml_loads_the_code_location(exampass_home: Settings) -> None
     dagster = Path(sys.executable).parent / "dagster"
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO_ROOT, env={**os.environ}, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exampass" in result.stdout + result.stderr
@@ -35,8 +47,17 @@ def test_definitions_wire_every_asset_check_job_sensor_and_schedule(exampass_hom
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == EXPECTED_ASSETS
     check_names = {k.name for k in graph.asset_check_keys}
-    assert {"no_data_drift", "prediction_drift", "model_quality", "segment_quality", "students_schema",
-            "students_no_nulls", "students_min_rows", "students_pass_rate", "splits_disjoint_and_sized"} == check_names
+    assert {
+        "no_data_drift",
+        "prediction_drift",
+        "model_quality",
+        "segment_quality",
+        "students_schema",
+        "students_no_nulls",
+        "students_min_rows",
+        "students_pass_rate",
+        "splits_disjoint_and_sized",
+    } == check_names
     assert {j for j in ("training_job", "retrain_job", "monitoring_job") if defs.resolve_job_def(j)}
     sensor = defs.resolve_sensor_def("retrain_on_failed_checks")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -39,10 +39,15 @@ def _write_many(logs_dir: str, n: int) -> None:
 def test_concurrent_threads_and_processes_never_tear_lines(tmp_path: Path) -> None:
     log = predlog.PredictionLog(tmp_path)
     threads = [
-        threading.Thread(target=lambda: [log.log_prediction(STUDENT, 0.9, True, "1", at=at(DAY)) for _ in range(300)])
+        threading.Thread(
+            target=lambda: [log.log_prediction(STUDENT, 0.9, True, "1", at=at(DAY)) for _ in range(300)]
+        )
         for _ in range(4)
     ]
-    procs = [multiprocessing.get_context("spawn").Process(target=_write_many, args=(str(tmp_path), 300)) for _ in range(2)]
+    procs = [
+        multiprocessing.get_context("spawn").Process(target=_write_many, args=(str(tmp_path), 300))
+        for _ in range(2)
+    ]
     for worker in [*threads, *procs]:
         worker.start()
     for worker in [*threads, *procs]:
@@ -93,7 +98,9 @@ def test_day_batch_joins_late_feedback_and_counts_orphans(tmp_path: Path) -> Non
     log.log_prediction(STUDENT, 0.6, True, "3", at=at(DAY, 14))
     log.log_feedback(first["prediction_id"], 40, at=at(DAY, 15))
     log.log_feedback(first["prediction_id"], 45, at=at(DAY + timedelta(days=1)))  # correction wins
-    log.log_feedback(second["prediction_id"], 81, at=at(DAY + timedelta(days=6)))  # late but inside the window
+    log.log_feedback(
+        second["prediction_id"], 81, at=at(DAY + timedelta(days=6))
+    )  # late but inside the window
     log.log_feedback(str(uuid.uuid4()), 70, at=at(DAY, 16))  # matches nothing: orphan
     log.log_feedback(second["prediction_id"], 12, at=at(DAY + timedelta(days=9)))  # outside the window
     log.close()

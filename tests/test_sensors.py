@@ -27,11 +27,22 @@ def evaluate(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[o
 def simulate_days(settings: Settings, days: list[date], scenario: str, seed: int) -> None:
     registry.configure(settings)
     model = registry.load_champion()
-    simulate.write_history(settings.logs_dir, model, days, 200, scenario, feedback_rate=1.0,
-                           feedback_delay_days=0, seed=seed, progress=False)
+    simulate.write_history(
+        settings.logs_dir,
+        model,
+        days,
+        200,
+        scenario,
+        feedback_rate=1.0,
+        feedback_delay_days=0,
+        seed=seed,
+        progress=False,
+    )
 
 
-def test_one_failure_requests_exactly_one_retrain(monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_failure_requests_exactly_one_retrain(
+    monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(COOLDOWN_ENV, "0")
     simulate_days(monitoring_home, [NORMAL_DAY], "none", seed=3)
     simulate_days(monitoring_home, [DRIFT_DAY], "lunch_shift", seed=4)
@@ -46,7 +57,9 @@ def test_one_failure_requests_exactly_one_retrain(monitoring_home: Settings, mon
         assert isinstance(result, dg.SkipReason)
 
         drifted = materialize_monitoring(instance, monitoring_home, DRIFT_DAY.isoformat())
-        assert {e.check_name: e.passed for e in drifted.get_asset_check_evaluations()}["no_data_drift"] is False
+        assert {e.check_name: e.passed for e in drifted.get_asset_check_evaluations()}[
+            "no_data_drift"
+        ] is False
         result, cursor = evaluate(instance, cursor)
         assert isinstance(result, dg.SensorResult)
         assert len(result.run_requests) == 1
@@ -59,7 +72,9 @@ def test_one_failure_requests_exactly_one_retrain(monitoring_home: Settings, mon
         assert json.loads(cursor)["seen"]
 
 
-def test_cooldown_holds_back_a_second_retrain(monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cooldown_holds_back_a_second_retrain(
+    monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(COOLDOWN_ENV, "3600")
     days = [DRIFT_DAY, date(2026, 11, 12)]
     simulate_days(monitoring_home, days, "lunch_shift", seed=5)

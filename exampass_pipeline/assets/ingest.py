@@ -4,7 +4,6 @@ The student table grows with production: labelled prediction rows (inputs plus t
 feedback) join the original file, so a retrain learns from what the service actually saw.
 """
 
-
 from datetime import date
 from pathlib import Path
 
@@ -154,7 +153,9 @@ def prediction_batches(
     with warehouse.get_connection() as conn:
         # The IO manager skips empty frames; a quiet first day must still create the typed table downstream
         # reports read from.
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {WAREHOUSE_SCHEMA}.prediction_batches AS SELECT * FROM frame LIMIT 0")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {WAREHOUSE_SCHEMA}.prediction_batches AS SELECT * FROM frame LIMIT 0"
+        )
     labelled = int(frame[schema.MATH_SCORE].notna().sum())
     if batch.quarantined:
         context.log.warning(f"{len(batch.quarantined)} malformed log line(s) quarantined for {day}")
@@ -172,4 +173,3 @@ def prediction_batches(
             "log_file": dg.MetadataValue.path(str(predlog.day_file(paths.logs / predlog.PREDICTIONS, day))),
         },
     )
-

@@ -6,7 +6,6 @@ The checks are emitted by the report assets themselves: the decision needs exact
 already loaded, and a partitioned check then always refers to the same day as its report.
 """
 
-
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
@@ -60,7 +59,9 @@ def _long_table(day: date, numbers: dict[str, Any], kind: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["metric", "value"]).astype({"metric": "string", "value": "float64"})
     frame.insert(0, "partition_date", pd.Series([day] * len(frame), dtype=pd.ArrowDtype(pa.date32())))
     frame["report"] = pd.Series([kind] * len(frame), dtype="string")
-    frame["computed_at"] = pd.Series([datetime.now(UTC).replace(tzinfo=None)] * len(frame), dtype="datetime64[us]")
+    frame["computed_at"] = pd.Series(
+        [datetime.now(UTC).replace(tzinfo=None)] * len(frame), dtype="datetime64[us]"
+    )
     return frame
 
 
@@ -76,7 +77,9 @@ def _report_link(paths: ExamPassPaths, html: Any) -> dict[str, dg.MetadataValue]
     ins={"train_split": dg.AssetIn(), "validation_split": dg.AssetIn(), "test_split": dg.AssetIn()},
     check_specs=[
         dg.AssetCheckSpec(NO_DATA_DRIFT, asset="drift_report", description="The day's inputs did not drift."),
-        dg.AssetCheckSpec(PREDICTION_DRIFT, asset="drift_report", description="Predicted probabilities did not drift."),
+        dg.AssetCheckSpec(
+            PREDICTION_DRIFT, asset="drift_report", description="Predicted probabilities did not drift."
+        ),
     ],
 )
 def drift_report(

@@ -4,7 +4,6 @@ The gate compares the new version and the current champion on the *same* test sp
 there: the split moves as production rows join the student table, so yesterday's figures are not comparable.
 """
 
-
 import base64
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +46,11 @@ def splits(config: SplitConfig, students: pd.DataFrame):  # noqa: ANN201 - dagst
     table = students.reset_index(drop=True)
     table.insert(0, ROW_ID, range(len(table)))
     parts = modeling.split_students(table, seed=config.seed)
-    for name, frame in (("train_split", parts.train), ("validation_split", parts.validation), ("test_split", parts.test)):
+    for name, frame in (
+        ("train_split", parts.train),
+        ("validation_split", parts.validation),
+        ("test_split", parts.test),
+    ):
         yield dg.Output(
             frame.reset_index(drop=True),
             output_name=name,
@@ -95,7 +98,9 @@ def pass_classifier(
         )
         for name, scores in selection.candidate_scores.items():
             mlflow.log_metrics({f"val_{metric}__{name}": float(v) for metric, v in scores.items()})
-        mlflow.log_metrics({f"val_{k}": float(v) for k, v in selection.candidate_scores[selection.name].items()})
+        mlflow.log_metrics(
+            {f"val_{k}": float(v) for k, v in selection.candidate_scores[selection.name].items()}
+        )
         mlflow.log_metric("threshold", selection.threshold)
         mlflow.set_tags(
             {
@@ -106,10 +111,14 @@ def pass_classifier(
                 "candidate": selection.name,
             }
         )
-        info = registry.log_model(selection.pipeline, selection.threshold, train_split, candidate=selection.name)
+        info = registry.log_model(
+            selection.pipeline, selection.threshold, train_split, candidate=selection.name
+        )
         version = str(info.registered_model_version)
         client = MlflowClient()
-        client.set_model_version_tag(schema.MODEL_NAME, version, registry.TAG_THRESHOLD, str(selection.threshold))
+        client.set_model_version_tag(
+            schema.MODEL_NAME, version, registry.TAG_THRESHOLD, str(selection.threshold)
+        )
         client.set_model_version_tag(schema.MODEL_NAME, version, "dagster_run_id", context.run_id)
         mlflow.end_run()
     except BaseException:
@@ -140,7 +149,9 @@ def pass_classifier(
             "threshold": float(selection.threshold),
             "validation_scores": dg.MetadataValue.md(scores_md),
             "mlflow_run": dg.MetadataValue.url(paths.mlflow_run_url(run.info.experiment_id, run.info.run_id)),
-            "mlflow_model_version": dg.MetadataValue.url(paths.mlflow_version_url(schema.MODEL_NAME, version)),
+            "mlflow_model_version": dg.MetadataValue.url(
+                paths.mlflow_version_url(schema.MODEL_NAME, version)
+            ),
             "train_table_sha256": train_hash,
         },
     )
@@ -225,7 +236,9 @@ def model_evaluation(
             "reason": reason,
             "roc_curve": dg.MetadataValue.path(str(roc_png)),
             "confusion_matrix": dg.MetadataValue.path(str(cm_png)),
-            "plots": dg.MetadataValue.md(_image_md(roc_png, "ROC curve") + "\n\n" + _image_md(cm_png, "Confusion")),
+            "plots": dg.MetadataValue.md(
+                _image_md(roc_png, "ROC curve") + "\n\n" + _image_md(cm_png, "Confusion")
+            ),
             "mlflow_run": dg.MetadataValue.url(paths.mlflow_run_url(str(card["experiment_id"]), run_id)),
             "mlflow_model_version": dg.MetadataValue.url(
                 paths.mlflow_version_url(schema.MODEL_NAME, candidate.version)

@@ -32,7 +32,10 @@ def at(day: date, hour: int = 10) -> datetime:
 
 def ingest(instance: dg.DagsterInstance, settings: Settings, day: date = DAY) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*ASSETS], selection=["prediction_batches"], partition_key=day.isoformat(), instance=instance,
+        [*ASSETS],
+        selection=["prediction_batches"],
+        partition_key=day.isoformat(),
+        instance=instance,
         resources=build_resources(settings),
     )
 
@@ -44,7 +47,10 @@ def meta(result: dg.ExecuteInProcessResult) -> dict[str, object]:
 
 def test_rematerializing_a_day_keeps_one_copy_and_picks_up_late_feedback(exampass_home: Settings) -> None:
     log = predlog.PredictionLog(exampass_home.logs_dir)
-    ids = [log.log_prediction(STUDENT, 0.4 + i / 100, i % 2 == 0, "1", at=at(DAY))["prediction_id"] for i in range(20)]
+    ids = [
+        log.log_prediction(STUDENT, 0.4 + i / 100, i % 2 == 0, "1", at=at(DAY))["prediction_id"]
+        for i in range(20)
+    ]
     log.log_prediction(STUDENT, 0.9, True, "1", at=at(DAY + timedelta(days=1)))  # another day's partition
     for pid in ids[:5]:
         log.log_feedback(pid, 62, at=at(DAY, 18))
@@ -94,11 +100,17 @@ def test_labelled_production_rows_join_the_student_table(exampass_home: Settings
             log.log_feedback(pid, 40 + i, at=at(DAY, 20))
     with dg.instance_for_test() as instance:
         ingest(instance, exampass_home)
-        result = dg.materialize([*ASSETS], selection=["raw_students", "students"], instance=instance,
-                                resources=build_resources(exampass_home))
-        by_source = json.loads(json.dumps(
-            result.get_asset_materialization_events()[-1].materialization.metadata["rows_by_source"].value
-        ))
+        result = dg.materialize(
+            [*ASSETS],
+            selection=["raw_students", "students"],
+            instance=instance,
+            resources=build_resources(exampass_home),
+        )
+        by_source = json.loads(
+            json.dumps(
+                result.get_asset_materialization_events()[-1].materialization.metadata["rows_by_source"].value
+            )
+        )
     assert by_source == {"kaggle": 1000, "production": 25}
     with duckdb.connect(str(exampass_home.duckdb_path), read_only=True) as conn:
         rows = conn.execute(

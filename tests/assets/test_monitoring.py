@@ -17,8 +17,17 @@ DAYS = [date(2026, 11, 3), date(2026, 11, 4)]
 
 def write_days(settings: Settings, scenario: str, days: list[date], seed: int) -> None:
     registry.configure(settings)
-    simulate.write_history(settings.logs_dir, registry.load_champion(), days, 200, scenario, feedback_rate=1.0,
-                           feedback_delay_days=0, seed=seed, progress=False)
+    simulate.write_history(
+        settings.logs_dir,
+        registry.load_champion(),
+        days,
+        200,
+        scenario,
+        feedback_rate=1.0,
+        feedback_delay_days=0,
+        seed=seed,
+        progress=False,
+    )
 
 
 def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
@@ -54,7 +63,9 @@ def test_ordinary_day_passes_and_drifted_day_fails_with_reports_and_alerts(monit
         ).fetchall()
         assert [row[0] for row in per_day] == DAYS
         assert all(row[1] == row[2] for row in per_day), "each metric once per day, even after a re-run"
-        quality_days = conn.execute("SELECT DISTINCT partition_date FROM exampass.quality_report ORDER BY 1").fetchall()
+        quality_days = conn.execute(
+            "SELECT DISTINCT partition_date FROM exampass.quality_report ORDER BY 1"
+        ).fetchall()
         assert [row[0] for row in quality_days] == DAYS
         alerts = conn.execute(
             "SELECT check_name, partition_key, severity, delivery_status FROM exampass.alerts "

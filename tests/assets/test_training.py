@@ -17,8 +17,12 @@ from exampass_pipeline.resources import build_resources
 from exampass_pipeline.settings import Settings
 
 
-def train(instance: dg.DagsterInstance, settings: Settings, candidate_set: str = "default",
-          **resource_overrides: object) -> dg.ExecuteInProcessResult:
+def train(
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    candidate_set: str = "default",
+    **resource_overrides: object,
+) -> dg.ExecuteInProcessResult:
     resources = {**build_resources(settings), **resource_overrides}
     return dg.materialize(
         [*ASSETS, *ASSET_CHECKS],
@@ -111,15 +115,20 @@ def test_bad_file_fails_and_keeps_the_previous_table(
 ) -> None:
     with dg.instance_for_test() as instance:
         resources = build_resources(exampass_home)
-        good = dg.materialize([*ASSETS], selection=["raw_students", "students"], instance=instance, resources=resources)
+        good = dg.materialize(
+            [*ASSETS], selection=["raw_students", "students"], instance=instance, resources=resources
+        )
         assert good.success
         bad_file = tmp_path / "bad.csv"
         bad_file.write_text(content)
         monkeypatch.setenv("EXAMPASS_DATA", str(bad_file))
         bad_settings = Settings.from_env()
         result = dg.materialize(
-            [*ASSETS], selection=["raw_students", "students"], instance=instance,
-            resources=build_resources(bad_settings), raise_on_error=False,
+            [*ASSETS],
+            selection=["raw_students", "students"],
+            instance=instance,
+            resources=build_resources(bad_settings),
+            raise_on_error=False,
         )
         assert not result.success
         failure = next(e for e in result.all_events if e.is_step_failure)
@@ -136,8 +145,9 @@ def test_without_a_data_file_training_uses_the_synthetic_sample(
     monkeypatch.setenv("EXAMPASS_DATA", str(tmp_path / "absent.csv"))
     settings = Settings.from_env()
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*ASSETS], selection=["raw_students"], instance=instance,
-                                resources=build_resources(settings))
+        result = dg.materialize(
+            [*ASSETS], selection=["raw_students"], instance=instance, resources=build_resources(settings)
+        )
         meta = metadata(result, "raw_students")
         assert meta["source"] == "synthetic"
         assert meta["dagster/row_count"] == 1000
