@@ -1,0 +1,443 @@
+"""Is the serving model still as good as its test figures promised, overall and for every group of students?
+
+``model_quality`` compares the day's labelled rows with the champion's test figures. A point estimate below
+the champion's is not enough to raise an alarm: with ~13 % fails, a day with 100 labelled rows holds about 13
+failing students, and the fail-class recall of a perfectly healthy model then swings by +-0.2 from day to
+day. So the check fails only when the *upper* one-sided confidence bound of today's figure is below the
+champion's figure, i.e. when the shortfall is statistically significant given today's sample size:
+
+* fail-class recall: Clopper-Pearson (exact binomial) upper bound over the n_fail true fails;
+* ROC-AUC: DeLong's variance of the empirical AUC (a normal bound, which needs a few fails and passes);
+* the two bounds are at level ``1 - alpha/2`` each (Bonferroni), so a healthy model fails the check on at most
+  ``alpha`` of days whatever the correlation between the two metrics.
+
+If the champion's figures come with their own sample sizes (``test_n_fail``/``test_n_pass`` in ``champion``),
+the comparison becomes two-sample (Newcombe's hybrid score interval for the recall difference, DeLong +
+Hanley-McNeil for the AUC difference), which also absorbs the luck of a small test split. Too few labelled
+rows or fails give ``"warn"``: not judged, counted as passed, with the reason.
+
+``segment_quality`` is the fairness view: fail-class recall per gender, lunch and race/ethnicity group, and
+the largest gap between the groups of each judged segment. Groups with fewer than ``min_fail_per_group``
+failing students are reported but not judged: one missed student among three moves their recall by a third.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from exampass_pipeline import schema
+from exampass_pipeline.modeling import classification_metrics
+
+Status = Literal["pass", "fail", "warn"]
+
+PREDICTED = "predicted_pass"
+RECALL = "recall_fail"
+AUC = "roc_auc"
+CHAMPION_KEYS = {RECALL: "test_recall_fail", AUC: "test_roc_auc"}
+METHOD = "one-sided upper bounds at alpha/2 each: clopper-pearson (recall_fail), delong (roc_auc)"
+DEFAULT_JUDGED_SEGMENTS: tuple[str, ...] = (schema.LUNCH, schema.GENDER)
+
+
+def _flat(out: dict[str, Any]) -> dict[str, float | int | str]:
+    """Drop NaN (not valid JSON in an alert payload) and turn bools into 0/1 for numeric trend tables."""
+    flat: dict[str, float | int | str] = {}
+    for key, value in out.items():
+        if isinstance(value, bool | np.bool_):
+            flat[key] = int(value)
+        elif isinstance(value, int | np.integer):
+            flat[key] = int(value)
+        elif isinstance(value, float | np.floating):
+            if not math.isnan(value):
+                flat[key] = float(value)
+        elif isinstance(value, str):
+            flat[key] = value
+    return flat
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Confidence bounds
+# -----------------------------------------------------------------------------------------------------------
+
+
+def clopper_pearson_upper(successes: int, n: int, alpha: float) -> float:
+    """Exact one-sided upper (1 - alpha) bound of a binomial proportion; 1.0 when nothing was observed."""
+    if n <= 0 or successes >= n:
+        return 1.0
+    return float(stats.beta.ppf(1.0 - alpha, successes + 1, n - successes))
+
+
+def wilson_bounds(successes: int, n: int, alpha: float) -> tuple[float, float]:
+    """One-sided (1 - alpha) Wilson score bounds: the pieces of Newcombe's difference interval."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = float(stats.norm.ppf(1.0 - alpha))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def delong_auc(y_pass: np.ndarray, p_pass: np.ndarray) -> tuple[float, float]:
+    """Empirical ROC-AUC and its DeLong standard error (ties count one half).
+
+    Placement values: for each passing student, the share of failing students scored below them, and the other
+    way round; the AUC's variance is the sum of their variances over the two class sizes.
+    """
+    pos = np.sort(p_pass[y_pass])
+    neg = np.sort(p_pass[~y_pass])
+    m, n = pos.size, neg.size
+    if m == 0 or n == 0:
+        return float("nan"), float("nan")
+    below_pos = (np.searchsorted(neg, pos, side="left") + np.searchsorted(neg, pos, side="right")) / 2.0
+    above_neg = (
+        m - np.searchsorted(pos, neg, side="right") + m - np.searchsorted(pos, neg, side="left")
+    ) / 2.0
+    v10 = below_pos / n  # per passing student
+    v01 = above_neg / m  # per failing student
+    auc = float(v10.mean())
+    var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
+    return auc, float(math.sqrt(max(var, 0.0)))
+
+
+def hanley_mcneil_se(auc: float, n_pass: int, n_fail: int) -> float:
+    """Standard error of an AUC known only as a number with its class sizes (the champion's test figure)."""
+    q1 = auc / (2 - auc)
+    q2 = 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pass - 1) * (q1 - auc**2) + (n_fail - 1) * (q2 - auc**2)) / (n_pass * n_fail)
+    return math.sqrt(max(var, 0.0))
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Model quality
+# -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QualityDecision:
+    """The verdict of the model-quality check with every figure needed to explain it."""
+
+    status: Status
+    passed: bool
+    n_labelled: int
+    n_fail: int
+    alpha: float
+    method: str
+    degraded: list[str]
+    figures: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_metadata(self) -> dict[str, float | int | str]:
+        """Flat scalars for Dagster metadata, alerts and the DuckDB trend table."""
+        return _flat(
+            {
+                "status": self.status,
+                "passed": self.passed,
+                "n_labelled": self.n_labelled,
+                "n_fail": self.n_fail,
+                "alpha": self.alpha,
+                "method": self.method,
+                "degraded": ", ".join(self.degraded) or "none",
+                "reason": self.reason,
+                **self.figures,
+            }
+        )
+
+
+def _champion_figure(champion: dict[str, float], key: str) -> float | None:
+    value = champion.get(key)
+    if value is None:
+        return None
+    value = float(value)
+    if math.isnan(value):
+        return None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"champion.{key}: {value!r} is not a rate in [0, 1]")
+    return value
+
+
+def model_quality(
+    y_pass: Any,
+    p_pass: Any,
+    threshold: float,
+    champion: dict[str, float],
+    *,
+    alpha: float = 0.05,
+    min_labelled: int = 50,
+    min_fail: int = 5,
+) -> QualityDecision:
+    """Fail when fail-class recall or ROC-AUC is significantly below the champion's test figures.
+
+    ``y_pass``: true labels (True = passed) of the day's labelled rows; ``p_pass``: the served pass
+    probabilities; ``threshold``: the served cut-off; ``champion``: at least ``test_recall_fail`` and/or
+    ``test_roc_auc`` (optionally ``test_n_fail`` and ``test_n_pass``, see the module docstring).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha: {alpha!r} must be strictly between 0 and 1")
+    y = np.asarray(y_pass)
+    p = np.asarray(p_pass, dtype=float)
+    n = int(y.size)
+
+    def warn(reason: str, figures: dict[str, float], n_fail: int) -> QualityDecision:
+        return QualityDecision("warn", True, n, n_fail, alpha, METHOD, [], figures, reason)
+
+    if n == 0:
+        if p.size:
+            raise ValueError(f"y_pass/p_pass: lengths differ (0 labels, {p.size} probabilities)")
+        return warn("model quality not judged: no labelled rows yet", {}, 0)
+    point = classification_metrics(y, p, threshold)  # validates shapes, labels, probabilities, threshold
+    y = y.astype(bool)
+    n_fail = int((~y).sum())
+    n_pass = n - n_fail
+    caught = int(((~y) & (p < threshold)).sum())
+    figures: dict[str, float] = {**point, "n_pass": float(n_pass), "fails_caught": float(caught)}
+    champ = {metric: _champion_figure(champion, key) for metric, key in CHAMPION_KEYS.items()}
+    for metric, value in champ.items():
+        figures[f"champion_{metric}"] = float("nan") if value is None else value
+
+    if n < min_labelled:
+        return warn(
+            f"model quality not judged: {n} labelled rows, fewer than the {min_labelled} needed",
+            figures,
+            n_fail,
+        )
+    if n_fail < min_fail:
+        return warn(
+            f"model quality not judged: {n_fail} failing students among {n} labelled rows, fewer than the "
+            f"{min_fail} needed to estimate fail-class recall",
+            figures,
+            n_fail,
+        )
+    if all(v is None for v in champ.values()):
+        return warn(
+            "model quality not judged: no champion test figures (test_recall_fail, test_roc_auc) to compare",
+            figures,
+            n_fail,
+        )
+
+    judged = [m for m, v in champ.items() if v is not None and not (m == AUC and n_pass == 0)]
+    level = alpha / len(judged)
+    z = float(stats.norm.ppf(1.0 - level))
+    champ_n_fail = champion.get("test_n_fail")
+    champ_n_pass = champion.get("test_n_pass")
+    two_sample = (
+        champ_n_fail is not None and champ_n_pass is not None and champ_n_fail > 0 and champ_n_pass > 0
+    )
+
+    degraded: list[str] = []
+    parts: list[str] = []
+    if RECALL in judged:
+        target = champ[RECALL]
+        assert target is not None
+        recall = caught / n_fail
+        if two_sample:
+            # Newcombe's hybrid score bound on (today - champion), expressed back on today's scale.
+            lo_c = wilson_bounds(round(target * float(champ_n_fail)), int(champ_n_fail), level)[0]
+            hi = wilson_bounds(caught, n_fail, level)[1]
+            diff_upper = (recall - target) + math.sqrt((hi - recall) ** 2 + (target - lo_c) ** 2)
+            figures["recall_fail_diff_upper"] = diff_upper
+            figures["recall_fail_upper"] = target + diff_upper
+        else:
+            figures["recall_fail_upper"] = clopper_pearson_upper(caught, n_fail, level)
+        significant = figures["recall_fail_upper"] < target
+        if significant:
+            degraded.append(RECALL)
+        parts.append(
+            f"fail-class recall {recall:.2f} ({caught}/{n_fail} fails caught, upper bound "
+            f"{figures['recall_fail_upper']:.2f}) vs champion {target:.2f}"
+        )
+    if AUC in judged:
+        target = champ[AUC]
+        assert target is not None
+        auc, se = delong_auc(y, p)
+        figures["roc_auc_se"] = se
+        if two_sample:
+            se_c = hanley_mcneil_se(target, int(champ_n_pass), int(champ_n_fail))
+            figures["roc_auc_diff_upper"] = (auc - target) + z * math.sqrt(se * se + se_c * se_c)
+            figures["roc_auc_upper"] = target + figures["roc_auc_diff_upper"]
+        else:
+            figures["roc_auc_upper"] = min(1.0, auc + z * se)
+        if figures["roc_auc_upper"] < target:
+            degraded.append(AUC)
+        parts.append(
+            f"ROC-AUC {auc:.3f} (upper bound {figures['roc_auc_upper']:.3f}) vs champion {target:.3f}"
+        )
+    elif champ[AUC] is not None:
+        parts.append("ROC-AUC not judged (no passing students)")
+
+    figures["confidence"] = 1.0 - level
+    sample = f"{n} labelled rows, {n_fail} fails, {1 - level:.1%} one-sided bounds"
+    if degraded:
+        reason = f"model quality degraded ({', '.join(degraded)}): {'; '.join(parts)}; {sample}"
+        return QualityDecision("fail", False, n, n_fail, alpha, METHOD, degraded, figures, reason)
+    reason = f"model quality consistent with the champion: {'; '.join(parts)}; {sample}"
+    return QualityDecision("pass", True, n, n_fail, alpha, METHOD, [], figures, reason)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Segment quality
+# -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentDecision:
+    """Per-group figures for every reported segment, and the recall gaps of the judged ones."""
+
+    status: Status
+    passed: bool
+    max_gap: float
+    min_fail_per_group: int
+    judged_segments: list[str]
+    failing_segments: list[str]
+    small_groups: list[str]
+    segments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_metadata(self) -> dict[str, float | int | str]:
+        """Flat scalars: the gaps, then one key per group and figure (``lunch=standard_recall_fail``)."""
+        out: dict[str, Any] = {
+            "status": self.status,
+            "passed": self.passed,
+            "max_gap": self.max_gap,
+            "min_fail_per_group": self.min_fail_per_group,
+            "judged_segments": ", ".join(self.judged_segments),
+            "failing_segments": ", ".join(self.failing_segments) or "none",
+            "small_groups": ", ".join(self.small_groups) or "none",
+            "reason": self.reason,
+        }
+        for name, seg in self.segments.items():
+            out[f"{name}_recall_gap"] = seg["gap"]
+            for group, fig in seg["groups"].items():
+                for key in ("n", "n_fail", "recall_fail", "precision_fail", "accuracy"):
+                    out[f"{name}={group}_{key}"] = fig[key]
+        return _flat(out)
+
+
+def _bool_column(df: pd.DataFrame, name: str) -> pd.Series:
+    col = df[name]
+    if col.dtype == bool:
+        return col
+    bad = sorted({repr(v) for v in col.dropna().unique() if v not in (True, False, 0, 1)})
+    if bad:
+        raise ValueError(f"{name}: values {', '.join(bad[:5])} are not True/False or 1/0")
+    return col.astype("boolean")
+
+
+def group_figures(y_pass: np.ndarray, predicted_pass: np.ndarray) -> dict[str, float]:
+    """n, n_fail, fail-class recall and precision, accuracy of one group (NaN where undefined)."""
+    fail, pred_fail = ~y_pass, ~predicted_pass
+    n_fail = int(fail.sum())
+    n_pred_fail = int(pred_fail.sum())
+    caught = int((fail & pred_fail).sum())
+    return {
+        "n": int(y_pass.size),
+        "n_fail": n_fail,
+        "recall_fail": caught / n_fail if n_fail else float("nan"),
+        "precision_fail": caught / n_pred_fail if n_pred_fail else float("nan"),
+        "accuracy": float((y_pass == predicted_pass).mean()) if y_pass.size else float("nan"),
+    }
+
+
+def segment_quality(
+    df: pd.DataFrame,
+    *,
+    segments: Sequence[str] = DEFAULT_JUDGED_SEGMENTS,
+    max_gap: float = 0.2,
+    min_fail_per_group: int = 5,
+    report_segments: Sequence[str] = schema.SEGMENTS,
+) -> SegmentDecision:
+    """Fail (a WARN-severity check) when fail-class recall differs by more than ``max_gap`` between groups.
+
+    ``df`` holds ``pass_math`` and ``predicted_pass`` plus the segment columns; rows without a label (no
+    feedback yet) are left out. Every segment of ``report_segments`` and ``segments`` is reported; only
+    ``segments`` are judged, and within them only groups with at least ``min_fail_per_group`` fails.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
+    if not 0.0 <= max_gap <= 1.0:
+        raise ValueError(f"max_gap: {max_gap!r} must be within [0, 1]")
+    if min_fail_per_group < 1:
+        raise ValueError(f"min_fail_per_group: {min_fail_per_group!r} must be at least 1")
+    judged = list(dict.fromkeys(segments))
+    required = [schema.LABEL, PREDICTED, *judged]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"segment_quality: missing column(s) {', '.join(missing)}")
+    shown = list(dict.fromkeys([*report_segments, *judged]))
+    shown = [s for s in shown if s in df.columns]
+
+    label = _bool_column(df, schema.LABEL)
+    labelled = df[label.notna()]
+    y = label[label.notna()].to_numpy(dtype=bool)
+    predicted = _bool_column(labelled, PREDICTED)
+    if predicted.isna().any():
+        raise ValueError(f"{PREDICTED}: {int(predicted.isna().sum())} labelled row(s) have no prediction")
+    pred = predicted.to_numpy(dtype=bool)
+
+    result: dict[str, dict[str, Any]] = {}
+    small: list[str] = []
+    failing: list[str] = []
+    gaps_text: list[str] = []
+    for name in shown:
+        values = labelled[name].astype(str).to_numpy()
+        order = [g for g in schema.CATEGORIES.get(name, ()) if g in set(values)]
+        order += sorted(set(values) - set(order))
+        groups: dict[str, dict[str, Any]] = {}
+        for group in order:
+            mask = values == group
+            fig = group_figures(y[mask], pred[mask])
+            fig["judged"] = fig["n_fail"] >= min_fail_per_group
+            groups[group] = fig
+        is_judged = name in judged
+        eligible = {g: f["recall_fail"] for g, f in groups.items() if f["judged"]}
+        gap = max(eligible.values()) - min(eligible.values()) if len(eligible) >= 2 else float("nan")
+        seg = {"judged": is_judged and len(eligible) >= 2, "gap": gap, "groups": groups}
+        if len(eligible) >= 2:
+            low = min(eligible, key=lambda g: eligible[g])
+            high = max(eligible, key=lambda g: eligible[g])
+            seg["lowest_group"], seg["highest_group"] = low, high
+        result[name] = seg
+        if is_judged:
+            small += [f"{name}={g} ({f['n_fail']} fails)" for g, f in groups.items() if not f["judged"]]
+            if seg["judged"]:
+                gaps_text.append(
+                    f"{name} gap {gap:.2f} ({seg['lowest_group']} {eligible[seg['lowest_group']]:.2f} vs "
+                    f"{seg['highest_group']} {eligible[seg['highest_group']]:.2f})"
+                )
+                if gap > max_gap:
+                    failing.append(name)
+
+    judged_ok = [s for s in judged if result[s]["judged"]]
+    small_note = f"; too few fails to judge: {', '.join(small)}" if small else ""
+    if failing:
+        status: Status = "fail"
+        reason = (
+            f"fail-class recall gap above {max_gap:.2f} in {', '.join(failing)}: {'; '.join(gaps_text)}"
+            f"{small_note}"
+        )
+    elif not judged_ok:
+        status = "warn"
+        reason = (
+            f"segment quality not judged: no segment of {', '.join(judged)} has two groups with at least "
+            f"{min_fail_per_group} failing students ({len(y)} labelled rows){small_note}"
+        )
+    else:
+        status = "pass"
+        reason = f"fail-class recall gaps within {max_gap:.2f}: {'; '.join(gaps_text)}{small_note}"
+    return SegmentDecision(
+        status=status,
+        passed=status != "fail",
+        max_gap=max_gap,
+        min_fail_per_group=min_fail_per_group,
+        judged_segments=judged,
+        failing_segments=failing,
+        small_groups=small,
+        segments=result,
+        reason=reason,
+    )
