@@ -1,0 +1,296 @@
+"""Request and response models of the prediction service, generated from ``exampass_pipeline.schema``.
+
+The category types are built from ``schema.CATEGORIES`` rather than typed out again, so a category can only be
+renamed in one place and the API, the pipeline and the prediction log can never disagree on a spelling.
+
+Scores accept whole numbers only. JSON has one number type, so ``72.0`` is taken as ``72``; ``72.5``, ``NaN``,
+``Infinity``, ``true`` and ``"72"`` are refused, because each of them is a client bug that a silent coercion
+would turn into a wrong prediction and a poisoned monitoring log. The reasons come from
+``schema.score_error``, the same sentences the CSV loader uses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
+
+from exampass_pipeline import schema
+
+MAX_BATCH: Final = 1000
+# A student object is under 250 bytes even pretty-printed; 2 kB each leaves room for any formatting while
+# letting a 100 MB upload be refused from its Content-Length alone.
+MAX_BATCH_BYTES: Final = MAX_BATCH * 2048
+EXPLANATION_TOP_K: Final = 5
+
+EXAMPLE_STUDENT: Final[dict[str, Any]] = {
+    schema.GENDER: "female",
+    schema.RACE_ETHNICITY: "group B",
+    schema.PARENTAL_EDUCATION: "bachelor's degree",
+    schema.LUNCH: "standard",
+    schema.TEST_PREP: "none",
+    schema.READING_SCORE: 72,
+    schema.WRITING_SCORE: 74,
+}
+EXAMPLE_STUDENT_2: Final[dict[str, Any]] = {
+    schema.GENDER: "male",
+    schema.RACE_ETHNICITY: "group A",
+    schema.PARENTAL_EDUCATION: "high school",
+    schema.LUNCH: "free/reduced",
+    schema.TEST_PREP: "none",
+    schema.READING_SCORE: 41,
+    schema.WRITING_SCORE: 38,
+}
+EXAMPLE_PREDICTION_ID: Final = "3f1c2a9e-8d4b-4e7a-9c55-0b6f4d2e7a10"
+
+
+def _whole_score(value: object) -> int:
+    """Refuse anything that is not a whole number of points, before pydantic's lax int coercion sees it."""
+    if isinstance(value, str):
+        raise PydanticCustomError(
+            "score_type", "{value} is a string; send a whole number", {"value": repr(value)}
+        )
+    reason = schema.score_error(value)
+    if reason is not None:
+        raise PydanticCustomError("score_invalid", "{reason}", {"reason": reason})
+    return int(value)  # type: ignore[call-overload]
+
+
+# The range sits on the int itself (before the validator in the Annotated list) so OpenAPI shows it as
+# minimum/maximum; the validator runs first and already refuses out-of-range values with the schema's words.
+Score = Annotated[
+    int,
+    Field(ge=schema.SCORE_MIN, le=schema.SCORE_MAX, description="Whole points, 0 to 100."),
+    BeforeValidator(_whole_score),
+]
+
+_DESCRIPTIONS: Final[dict[str, str]] = {
+    schema.GENDER: "As spelled in the Kaggle file.",
+    schema.RACE_ETHNICITY: "Anonymised group, as spelled in the Kaggle file.",
+    schema.PARENTAL_EDUCATION: "Highest level of education of the parents, as spelled in the Kaggle file.",
+    schema.LUNCH: "Lunch programme: a proxy for family income.",
+    schema.TEST_PREP: "Whether the student completed the test preparation course.",
+    schema.READING_SCORE: "Reading exam score, whole points 0-100.",
+    schema.WRITING_SCORE: "Writing exam score, whole points 0-100.",
+}
+
+
+def _feature_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name in schema.FEATURES:
+        if name in schema.CATEGORIES:
+            category = Literal[schema.CATEGORIES[name]]  # type: ignore[valid-type]
+            fields[name] = (category, Field(description=_DESCRIPTIONS[name]))
+        else:
+            fields[name] = (Score, Field(description=_DESCRIPTIONS[name]))
+    return fields
+
+
+StudentIn = create_model(  # type: ignore[call-overload]
+    "StudentIn",
+    __config__=ConfigDict(
+        extra="forbid",
+        title="StudentIn",
+        json_schema_extra={"examples": [EXAMPLE_STUDENT]},
+    ),
+    __doc__="One student: exactly the seven model features, categories spelled as in the Kaggle file.",
+    **_feature_fields(),
+)
+
+
+class BatchIn(BaseModel):
+    """Up to MAX_BATCH students scored in one call, answered in the same order."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"students": [EXAMPLE_STUDENT, EXAMPLE_STUDENT_2]}]}
+    )
+
+    students: list[StudentIn] = Field(  # type: ignore[valid-type]
+        min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} students."
+    )
+
+
+class Contribution(BaseModel):
+    """How much one feature moved this student's log-odds of passing, relative to the reference student."""
+
+    feature: Literal[schema.FEATURES]  # type: ignore[valid-type]
+    value: str | int = Field(description="The value sent for this feature.")
+    contribution: float = Field(
+        description="Signed change in the log-odds of passing: positive pushed towards pass, negative to fail"
+    )
+
+
+_EXAMPLE_PREDICTION: Final[dict[str, Any]] = {
+    "prediction_id": EXAMPLE_PREDICTION_ID,
+    "pass_probability": 0.9731,
+    "predicted_pass": True,
+    "model_version": "3",
+    "explanation": [
+        {"feature": schema.WRITING_SCORE, "value": 74, "contribution": 1.42},
+        {"feature": schema.GENDER, "value": "female", "contribution": -0.61},
+        {"feature": schema.READING_SCORE, "value": 72, "contribution": 0.33},
+        {"feature": schema.LUNCH, "value": "standard", "contribution": 0.29},
+        {"feature": schema.RACE_ETHNICITY, "value": "group B", "contribution": -0.12},
+    ],
+}
+
+
+class PredictionOut(BaseModel):
+    """One answered prediction; the same record, minus the explanation, is appended to the prediction log."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_PREDICTION]})
+
+    prediction_id: uuid.UUID = Field(
+        description="Quote it in POST /feedback when the real math score is known."
+    )
+    pass_probability: float = Field(ge=0.0, le=1.0)
+    predicted_pass: bool = Field(description="pass_probability >= the model's own tuned threshold.")
+    model_version: str
+    explanation: list[Contribution] = Field(
+        description=f"The {EXPLANATION_TOP_K} features with the largest |contribution|, largest first."
+    )
+
+
+class BatchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model_version": "3", "predictions": [_EXAMPLE_PREDICTION]}]}
+    )
+
+    model_version: str
+    predictions: list[PredictionOut]
+
+
+class FeedbackIn(BaseModel):
+    """The real math score of a student who was scored earlier; monitoring joins it to the prediction."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prediction_id": EXAMPLE_PREDICTION_ID, "math_score": 63}]},
+    )
+
+    prediction_id: uuid.UUID
+    math_score: Score
+
+
+class FeedbackOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "recorded",
+                    "prediction_id": EXAMPLE_PREDICTION_ID,
+                    "math_score": 63,
+                    "pass_math": True,
+                }
+            ]
+        }
+    )
+
+    status: Literal["recorded"]
+    prediction_id: uuid.UUID
+    math_score: int
+    pass_math: bool = Field(description=f"math_score >= {schema.PASS_MARK}: the label monitoring will use.")
+
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "model_version": "3"}]})
+
+    status: Literal["ready"]
+    model_version: str
+
+
+class ExplanationInfo(BaseModel):
+    method: str
+    units: str
+    top_k: int
+    reference: dict[str, Any] = Field(
+        description="The reference student the contributions are measured from."
+    )
+    reference_log_odds: float | None
+
+
+class ModelOut(BaseModel):
+    """What is being served, so an analyst can tie a prediction back to a run and its test metrics."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": schema.MODEL_NAME,
+                    "version": "3",
+                    "alias": schema.CHAMPION_ALIAS,
+                    "run_id": "5b0f1d2c3e4a4b6c8d9e0f1a2b3c4d5e",
+                    "threshold": 0.62,
+                    "trained_at": "2026-11-27T15:47:00.123000+00:00",
+                    "candidate": "logistic_regression",
+                    "test_metrics": {"test_roc_auc": 0.95, "test_recall_fail": 0.81},
+                    "loaded_at": "2026-11-27T15:48:02.000000+00:00",
+                    "scorer": "linear",
+                    "explanation": {
+                        "method": "exact linear decomposition of the log-odds",
+                        "units": "log-odds",
+                        "top_k": EXPLANATION_TOP_K,
+                        "reference": {schema.READING_SCORE: 69.2, schema.GENDER: "uniform over 2 categories"},
+                        "reference_log_odds": 2.31,
+                    },
+                }
+            ]
+        },
+    )
+
+    name: str
+    version: str
+    alias: str
+    run_id: str | None
+    threshold: float
+    trained_at: str | None = Field(description="Creation time of the registered version, ISO 8601 UTC.")
+    candidate: str
+    test_metrics: dict[str, float]
+    loaded_at: str
+    scorer: str = Field(description="Which compiled scorer serves it: linear, forest, boosting or pipeline.")
+    explanation: ExplanationInfo
+
+
+class ErrorItem(BaseModel):
+    field: str
+    reason: str
+    allowed: list[Any] | None = None
+
+
+class ValidationErrorOut(BaseModel):
+    """422 body: `detail` is one readable sentence per problem; `errors` is the same, structured."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "detail": "gender: unknown category 'f'; allowed: 'female', 'male'",
+                    "errors": [
+                        {"field": "gender", "reason": "unknown category 'f'", "allowed": ["female", "male"]}
+                    ],
+                }
+            ]
+        }
+    )
+
+    detail: str
+    errors: list[ErrorItem]
+
+
+class MessageOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"detail": "no champion model registered yet: materialize the training assets"}]
+        }
+    )
+
+    detail: str

@@ -1,0 +1,79 @@
+"""Fixtures for the prediction service tests: real data, every real candidate, one real MLflow registry.
+
+Training and registering are the slow parts, so they happen once per session; helpers live in api_support.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from api_support import (
+    ALL_CANDIDATES,
+    CHAMPION_THRESHOLD,
+    REAL_CSV,
+    Registry,
+    load_students,
+    make_empty_registry,
+    new_home,
+    register,
+    use_home,
+)
+from threadpoolctl import threadpool_limits
+
+from exampass_pipeline import modeling, schema
+
+
+@pytest.fixture(scope="session")
+def students() -> pd.DataFrame:
+    if not REAL_CSV.exists():
+        pytest.fail(f"the Kaggle file is expected at {REAL_CSV}")
+    return load_students()
+
+
+@pytest.fixture(scope="session")
+def records(students: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every row of the real file as an API request body (plain ints and strings)."""
+    return [
+        {k: (int(v) if k in schema.NUMERIC_FEATURES else str(v)) for k, v in row.items()}
+        for row in students[list(schema.FEATURES)].to_dict("records")
+    ]
+
+
+@pytest.fixture(scope="session")
+def fitted(students: pd.DataFrame) -> dict[str, Any]:
+    """Every candidate the training asset can choose (modeling.CANDIDATES), fitted once on the train split."""
+    train = modeling.split_students(students, seed=42).train
+    with threadpool_limits(limits=1):
+        candidates = modeling.build_candidates(ALL_CANDIDATES, seed=42)
+        for pipeline in candidates.values():
+            pipeline.fit(train[list(schema.FEATURES)], modeling.label_array(train))
+    return candidates
+
+
+@pytest.fixture(scope="session")
+def empty_registry_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty MLflow sqlite file to copy into each new home."""
+    return make_empty_registry(tmp_path_factory.mktemp("mlflow-template") / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def api_registry(
+    tmp_path_factory: pytest.TempPathFactory, fitted: dict[str, Any], empty_registry_db: Path
+) -> Registry:
+    """Every candidate registered once; logistic regression promoted. Enter ``use_home`` to talk to it."""
+    home = new_home(tmp_path_factory.mktemp("api-registry"), empty_registry_db)
+    versions: dict[str, str] = {}
+    with use_home(home) as settings:
+        versions["logistic_regression"] = register(
+            settings,
+            fitted["logistic_regression"],
+            candidate="logistic_regression",
+            threshold=CHAMPION_THRESHOLD,
+        )
+        for name in ALL_CANDIDATES:
+            if name != "logistic_regression":
+                versions[name] = register(settings, fitted[name], candidate=name, promote=False)
+    return Registry(settings, versions, versions["logistic_regression"], CHAMPION_THRESHOLD)

@@ -1,0 +1,154 @@
+"""Fixtures for the deployment tests: the deploy files, docker-compose, and a loopback Postgres.
+
+The system pieces (docker-compose, PostgreSQL) come from Debian via .ci/system-deps.sh. When one is missing
+the tests FAIL under CI=true, so a broken CI image can never turn into a green run that tested nothing; on a
+developer machine they skip and say which command installs the missing piece.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DATA_CSV = (REPO / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
+INSTALL_HINT = "run `bash .ci/system-deps.sh` as root to install it"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require(ok: bool, reason: str) -> None:
+    """Fail in CI, skip elsewhere: a missing system dependency must never pass silently where it matters."""
+    if ok:
+        return
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: this is a failure, not a skip; {INSTALL_HINT})")
+    pytest.skip(f"{reason}; {INSTALL_HINT}")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def compose_bin() -> str:
+    path = shutil.which("docker-compose")
+    require(path is not None, "docker-compose (Debian package docker-compose 1.29) is not installed")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(scope="session")
+def compose_config(compose_bin: str) -> dict[str, Any]:
+    """docker-compose.yml as Compose resolves it: anchors merged, defaults interpolated, paths absolute.
+
+    Assertions run against this rather than the raw YAML so they judge what Compose would actually start.
+    A clean environment makes the documented defaults, not this machine's variables, the thing under test.
+    """
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "LC_ALL"}}
+    done = subprocess.run(
+        [compose_bin, "-f", str(REPO / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
+    return yaml.safe_load(done.stdout)
+
+
+# -------------------------------------------------------------------------------------------- Postgres
+@dataclass(frozen=True)
+class PgServer:
+    """The loopback PostgreSQL that .ci/system-deps.sh starts, with the role it creates (CREATEDB)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+
+    def url(self, db: str, driver: str = "postgresql+psycopg2") -> str:
+        return f"{driver}://{self.user}:{self.password}@{self.host}:{self.port}/{db}"
+
+    def dagster_env(self, db: str, storage_dir: Path) -> dict[str, str]:
+        """The variables deploy/dagster.yaml reads, pointed at this server."""
+        return {
+            "DAGSTER_POSTGRES_HOST": self.host,
+            "DAGSTER_POSTGRES_PORT": str(self.port),
+            "DAGSTER_POSTGRES_USER": self.user,
+            "DAGSTER_POSTGRES_PASSWORD": self.password,
+            "DAGSTER_POSTGRES_DB": db,
+            "DAGSTER_STORAGE_DIR": str(storage_dir),
+        }
+
+    def connect(self, db: str = "postgres") -> Any:
+        import psycopg2
+
+        return psycopg2.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=db,
+            connect_timeout=5,
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PgServer:
+    server = PgServer(
+        host=os.environ.get("EXAMPASS_PG_HOST", "127.0.0.1"),
+        port=int(os.environ.get("EXAMPASS_PG_PORT", "5432")),
+        user=os.environ.get("EXAMPASS_PG_USER", "exampass"),
+        password=os.environ.get("EXAMPASS_PG_PASSWORD", "exampass"),
+    )
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - the dependency is declared; this only explains a broken venv
+        require(False, "psycopg2 is not installed in the virtualenv (pip install psycopg2-binary)")
+        raise
+    try:
+        server.connect().close()
+    except psycopg2.OperationalError as exc:
+        require(
+            False,
+            f"PostgreSQL is not reachable at {server.host}:{server.port} as {server.user}: {exc}".strip(),
+        )
+    return server
+
+
+@pytest.fixture()
+def pg_databases(pg_server: PgServer) -> Iterator[dict[str, str]]:
+    """Two fresh databases (dagster, mlflow) for one test, dropped afterwards whatever happened.
+
+    Fresh per test so a run never sees the history of an earlier one; separate because Dagster and MLflow both
+    own a table called `runs`.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    names = {"dagster": f"exampass_test_dagster_{suffix}", "mlflow": f"exampass_test_mlflow_{suffix}"}
+    admin = pg_server.connect()
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'CREATE DATABASE "{name}"')
+        yield names
+    finally:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

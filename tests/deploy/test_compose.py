@@ -1,0 +1,588 @@
+"""What can be proven about the Docker Compose stack without a Docker engine.
+
+No engine runs on CI, so the image is never built here. Instead every claim the stack makes about the code is
+checked against the code: Compose's own validator accepts the file, every command parses with the real CLI
+of the installed entry point, and ports, paths and volumes agree with dagster.yaml, workspace.yaml, the
+Dockerfile and the API settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+EXAMPASS_SERVICES = {"mlflow", "dagster-code", "dagster-webserver", "dagster-daemon", "api"}
+ARCHITECTURE_PORTS = {"dagster-webserver": 3000, "api": 8000, "mlflow": 5000}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        buf += line
+        op, _, args = buf.partition(" ")
+        out.append((op.upper(), args.strip()))
+        buf = ""
+    return out
+
+
+def dockerfile_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for op, args in instructions:
+        if op == "ENV":
+            for token in shlex.split(args):
+                key, sep, value = token.partition("=")
+                assert sep, f"ENV {args!r}: use KEY=VALUE form"
+                env[key] = value
+    return env
+
+
+def dockerfile_copies(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """Image path -> repository path for every COPY (files keep their name when copied into a directory)."""
+    copies: dict[str, str] = {}
+    workdir = PurePosixPath("/")
+    for op, args in instructions:
+        if op == "WORKDIR":
+            workdir = workdir / args
+        if op != "COPY":
+            continue
+        parts = [p for p in shlex.split(args) if not p.startswith("--")]
+        *sources, dest = parts
+        for src in sources:
+            target = workdir / dest
+            if dest.endswith("/") or dest in {".", "./"} or len(sources) > 1:
+                target = target / PurePosixPath(src).name
+            copies[str(target).replace("/./", "/")] = src
+    return copies
+
+
+def click_command(prog: str) -> click.Command:
+    """The click command behind an installed console script (dagster's scripts wrap a module-level `cli`)."""
+    matches = list(entry_points(group="console_scripts", name=prog))
+    assert matches, f"{prog!r} is not an installed console script"
+    obj = matches[0].load()
+    if not isinstance(obj, click.Command):
+        obj = getattr(sys.modules[obj.__module__], "cli", None)
+    assert isinstance(obj, click.Command), f"{prog}: entry point is not a click command"
+    return obj
+
+
+def parse_cli(prog: str, args: list[str]) -> dict[str, Any]:
+    """Parse ``prog args`` with the program's own click definition, without running it.
+
+    Unknown options, subcommands that do not exist, ports that are not integers and missing files all
+    raise click errors exactly as the container would at start-up.
+    """
+    cmd = click_command(prog)
+    ctx: click.Context | None = None
+    rest = list(args)
+    name = prog
+    while isinstance(cmd, click.Group):
+        ctx = cmd.make_context(name, list(rest), parent=ctx, resilient_parsing=True)
+        sub_name, sub, rest = cmd.resolve_command(ctx, rest)
+        if sub is None or sub_name is None:
+            raise click.UsageError(f"{prog}: no such command in {args!r}")
+        cmd, name = sub, sub_name
+    return dict(cmd.make_context(name, list(rest), parent=ctx).params)
+
+
+def service_env(config: dict[str, Any], service: str) -> dict[str, str]:
+    return {
+        k: "" if v is None else str(v)
+        for k, v in (config["services"][service].get("environment") or {}).items()
+    }
+
+
+def named_mounts(config: dict[str, Any], service: str) -> dict[str, str]:
+    """Container path -> named volume for the service's named-volume mounts (bind mounts excluded)."""
+    declared = set(config.get("volumes") or {})
+    mounts: dict[str, str] = {}
+    for spec in config["services"][service].get("volumes") or []:
+        if isinstance(spec, dict):
+            source, target = spec.get("source"), spec["target"]
+        else:
+            source, target = spec.split(":")[:2]
+        if source in declared:
+            mounts[target] = source
+    return mounts
+
+
+def volume_of(config: dict[str, Any], service: str, path: str | Path) -> str | None:
+    path = PurePosixPath(str(path))
+    for target, volume in named_mounts(config, service).items():
+        if path == PurePosixPath(target) or PurePosixPath(target) in path.parents:
+            return volume
+    return None
+
+
+def published(config: dict[str, Any], service: str) -> dict[int, tuple[str, int]]:
+    """Container port -> (host ip, host port)."""
+    out: dict[int, tuple[str, int]] = {}
+    for spec in config["services"][service].get("ports") or []:
+        if isinstance(spec, dict):
+            out[int(spec["target"])] = (spec.get("host_ip", "0.0.0.0"), int(spec["published"]))
+            continue
+        spec = spec.split("/")[0]
+        parts = spec.rsplit(":", 2)
+        host_ip, host_port, container = parts if len(parts) == 3 else ("0.0.0.0", *parts)
+        out[int(container)] = (host_ip, int(host_port))
+    return out
+
+
+def flag(args: list[str], *names: str) -> str:
+    for i, arg in enumerate(args):
+        if arg in names:
+            return args[i + 1]
+    raise AssertionError(f"none of {names} in {args}")
+
+
+# -------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def pyproject(repo: Path) -> dict[str, Any]:
+    return tomllib.loads((repo / "pyproject.toml").read_text())
+
+
+@pytest.fixture(scope="module")
+def docker(repo: Path) -> list[tuple[str, str]]:
+    return dockerfile_instructions(repo / "docker" / "Dockerfile")
+
+
+@pytest.fixture(scope="module")
+def image_files(docker: list[tuple[str, str]], repo: Path) -> dict[str, Path]:
+    return {dest: repo / src for dest, src in dockerfile_copies(docker).items()}
+
+
+@pytest.fixture(scope="module")
+def root_workspace(repo: Path) -> dict[str, Any]:
+    return yaml.safe_load((repo / "workspace.yaml").read_text())
+
+
+# ------------------------------------------------------------------------------------------- validator
+def test_compose_validator_accepts_the_file(compose_bin: str, repo: Path) -> None:
+    done = subprocess.run(
+        [compose_bin, "-f", "docker-compose.yml", "config", "-q"], cwd=repo, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_validator_is_not_a_rubber_stamp(compose_bin: str, repo: Path, tmp_path: Path) -> None:
+    """The same validator rejects a one-key typo, so its acceptance above means something."""
+    broken = (repo / "docker-compose.yml").read_text().replace("    ports:\n", "    portz:\n", 1)
+    assert "portz" in broken
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    done = subprocess.run(
+        [compose_bin, "-f", "docker-compose.yml", "config", "-q"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "portz" in done.stderr
+
+
+def test_stack_has_the_services_the_issue_lists(compose_config: dict[str, Any]) -> None:
+    services = compose_config["services"]
+    assert set(services) == EXAMPASS_SERVICES | {"postgres"}
+    for name in EXAMPASS_SERVICES:
+        svc = services[name]
+        assert svc["image"].startswith("exampass:"), name
+        assert svc["build"]["dockerfile"] == "docker/Dockerfile", name
+        assert svc.get("command"), f"{name} must say which role it runs"
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert "healthcheck" in services["postgres"]
+
+
+# -------------------------------------------------------------------------------------------- commands
+def test_every_command_is_a_real_entry_point_that_parses(
+    compose_config: dict[str, Any], image_files: dict[str, Path], pyproject: dict[str, Any]
+) -> None:
+    declared_scripts = pyproject["project"]["scripts"]
+    for name in sorted(EXAMPASS_SERVICES):
+        prog, *args = compose_config["services"][name]["command"]
+        scripts = {ep.name: ep for ep in entry_points(group="console_scripts", name=prog)}
+        assert prog in scripts, f"{name}: {prog!r} is not an installed console script"
+        if prog.startswith("exampass"):
+            # Our own scripts: the installed one must be the one pyproject declares, and it must import.
+            assert scripts[prog].value == declared_scripts[prog], name
+            assert callable(scripts[prog].load()), name
+            assert args == [], f"{name}: {prog} takes its settings from the environment, not arguments"
+            continue
+        # Paths inside the image are checked against the repository file the Dockerfile copies there.
+        local_args = [str(image_files[a]) if a in image_files else a for a in args]
+        try:
+            parse_cli(prog, local_args)
+        except click.ClickException as exc:
+            pytest.fail(
+                f"{name}: `{prog} {' '.join(args)}` is rejected by {prog}'s CLI: {exc.format_message()}"
+            )
+
+
+def test_parse_cli_rejects_what_the_container_would_reject() -> None:
+    with pytest.raises(click.NoSuchOption):
+        parse_cli("dagster", ["api", "grpc", "--no-such-flag"])
+    with pytest.raises(click.UsageError):
+        parse_cli("dagster", ["api", "no-such-subcommand"])
+    with pytest.raises(click.BadParameter):
+        parse_cli("dagster-webserver", ["-p", "three-thousand"])
+
+
+def test_code_location_serves_the_module_the_workspace_names(
+    compose_config: dict[str, Any], root_workspace: dict[str, Any], pyproject: dict[str, Any], repo: Path
+) -> None:
+    import dagster as dg
+
+    args = compose_config["services"]["dagster-code"]["command"]
+    assert args[:3] == ["dagster", "api", "grpc"]
+    module = flag(args, "-m", "--module-name")
+    local = [entry["python_module"] for entry in root_workspace["load_from"] if "python_module" in entry]
+    assert [m["module_name"] for m in local] == [module]
+    assert pyproject["tool"]["dagster"]["module_name"] == module
+    deploy_ws = yaml.safe_load((repo / "deploy" / "workspace.yaml").read_text())
+    (grpc,) = [entry["grpc_server"] for entry in deploy_ws["load_from"]]
+    assert (
+        grpc["location_name"]
+        == local[0]["location_name"]
+        == pyproject["tool"]["dagster"]["code_location_name"]
+    )
+    defs = importlib.import_module(module).defs
+    assert isinstance(defs, dg.Definitions)
+    dg.Definitions.validate_loadable(defs)
+
+
+# ----------------------------------------------------------------------------------------------- ports
+def test_ports_agree_with_the_architecture_and_the_settings(compose_config: dict[str, Any]) -> None:
+    from exampass_pipeline.settings import Settings
+
+    services = compose_config["services"]
+    web = services["dagster-webserver"]["command"]
+    assert int(flag(web, "-p", "--port")) == ARCHITECTURE_PORTS["dagster-webserver"]
+    assert int(service_env(compose_config, "dagster-webserver")["DAGSTER_WEBSERVER_PORT"]) == 3000
+    mlflow_cmd = services["mlflow"]["command"]
+    mlflow_port = int(flag(mlflow_cmd, "--port", "-p"))
+    assert mlflow_port == ARCHITECTURE_PORTS["mlflow"]
+    assert int(service_env(compose_config, "mlflow")["MLFLOW_PORT"]) == mlflow_port
+
+    api_env = service_env(compose_config, "api")
+    saved = dict(os.environ)
+    try:
+        os.environ.update(api_env)
+        settings = Settings.from_env()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert settings.api_host == "0.0.0.0", "inside a container the API must listen beyond loopback"
+    assert settings.api_port == ARCHITECTURE_PORTS["api"]
+
+    for name, port in {"dagster-webserver": 3000, "mlflow": mlflow_port, "api": settings.api_port}.items():
+        ports = published(compose_config, name)
+        assert port in ports, f"{name} does not publish container port {port}: {ports}"
+        host_ip, host_port = ports[port]
+        assert host_port == ARCHITECTURE_PORTS[name], (
+            f"{name}: default host port should be {ARCHITECTURE_PORTS[name]}"
+        )
+        assert host_ip == "127.0.0.1", (
+            f"{name}: the UIs have no login; publish on loopback unless told otherwise"
+        )
+    for name in ("postgres", "dagster-code", "dagster-daemon"):
+        assert not published(compose_config, name), f"{name} must not be reachable from outside the stack"
+
+    for name in ("dagster-code", "dagster-webserver", "dagster-daemon", "api"):
+        assert service_env(compose_config, name)["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}", (
+            name
+        )
+
+
+def test_webserver_and_daemon_reach_the_code_server(compose_config: dict[str, Any], repo: Path) -> None:
+    from dagster._core.workspace.config_schema import process_workspace_config
+
+    code_cmd = compose_config["services"]["dagster-code"]["command"]
+    code_port = int(flag(code_cmd, "-p", "--port"))
+    assert flag(code_cmd, "-h", "--host") == "0.0.0.0"
+    raw = yaml.safe_load((repo / "deploy" / "workspace.yaml").read_text())
+    for name in ("dagster-webserver", "dagster-daemon"):
+        env = service_env(compose_config, name)
+        saved = dict(os.environ)
+        try:
+            os.environ.update(env)
+            result = process_workspace_config(raw)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert result.success, result.errors
+        (entry,) = result.value["load_from"]
+        assert entry["grpc_server"]["host"] == "dagster-code", name
+        assert int(entry["grpc_server"]["port"]) == code_port, name
+        deps = compose_config["services"][name]["depends_on"]
+        assert deps["dagster-code"]["condition"] == "service_healthy", name
+
+
+# -------------------------------------------------------------------------------------------- instance
+def _instance_config(home: Path, env: dict[str, str]) -> dict[str, Any]:
+    from dagster._core.instance.config import dagster_instance_config
+
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        config, _ = dagster_instance_config(str(home))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return dict(config)
+
+
+def run_limits(raw: dict[str, Any]) -> tuple[int | None, list[dict[str, Any]]]:
+    """The run-queue limits a dagster.yaml asks for, whichever of Dagster's three spellings it uses."""
+    queue = dict((raw.get("run_coordinator") or {}).get("config") or {})
+    queue.update(raw.get("run_queue") or {})
+    queue.update((raw.get("concurrency") or {}).get("runs") or {})
+    tags = sorted(queue.get("tag_concurrency_limits") or [], key=lambda d: (d["key"], str(d.get("value"))))
+    return queue.get("max_concurrent_runs"), tags
+
+
+def resolve(value: Any, env: dict[str, str]) -> Any:
+    """A StringSource/IntSource value as the instance will see it: {'env': NAME} reads the service's env."""
+    return env[value["env"]] if isinstance(value, dict) and set(value) == {"env"} else value
+
+
+def test_deploy_instance_config_is_valid_and_keeps_the_duckdb_rule(
+    compose_config: dict[str, Any], image_files: dict[str, Path], repo: Path, tmp_path: Path
+) -> None:
+    for name in ("dagster-code", "dagster-webserver", "dagster-daemon"):
+        env = service_env(compose_config, name)
+        home = env["DAGSTER_HOME"]
+        assert f"{home}/dagster.yaml" in image_files, f"{name}: the image has no dagster.yaml in {home}"
+        source = image_files[f"{home}/dagster.yaml"]
+        assert source == repo / "deploy" / "dagster.yaml"
+        (tmp_path / "dagster.yaml").write_text(source.read_text())
+        config = _instance_config(tmp_path, env)
+        pg = config["storage"]["postgres"]["postgres_db"]
+        assert resolve(pg["hostname"], env) == "postgres", name
+        assert resolve(pg["db_name"], env) == service_env(compose_config, "postgres")["POSTGRES_DB"], name
+        assert resolve(pg["username"], env) == service_env(compose_config, "postgres")["POSTGRES_USER"], name
+        assert int(resolve(pg["port"], env)) == 5432, name
+        assert config["telemetry"]["enabled"] is False
+        assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+        storage_dir = resolve(config["compute_logs"]["config"]["base_dir"], env)
+        assert volume_of(compose_config, name, storage_dir) == "dagster-storage", name
+
+    deploy = yaml.safe_load((repo / "deploy" / "dagster.yaml").read_text())
+    local = yaml.safe_load((repo / "dagster.yaml").read_text())
+    assert run_limits(deploy) == run_limits(local), (
+        "deploy/dagster.yaml and dagster.yaml disagree on run limits"
+    )
+    max_runs, tags = run_limits(deploy)
+    assert max_runs == 1 or any(t["limit"] == 1 for t in tags), "DuckDB has one writer: runs must not overlap"
+
+
+def test_local_instance_config_is_valid(repo: Path, tmp_path: Path) -> None:
+    """dagster.yaml (local) must load too: the rule above is only worth comparing if Dagster accepts it."""
+    (tmp_path / "dagster.yaml").write_text((repo / "dagster.yaml").read_text())
+    config = _instance_config(tmp_path, {})
+    assert config["telemetry"]["enabled"] is False
+
+
+# --------------------------------------------------------------------------------------------- volumes
+def test_state_lives_on_named_volumes_shared_where_needed(compose_config: dict[str, Any]) -> None:
+    from exampass_pipeline.settings import Settings
+
+    def settings_for(service: str) -> Settings:
+        saved = dict(os.environ)
+        try:
+            os.environ.update(service_env(compose_config, service))
+            return Settings.from_env()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    code, api = settings_for("dagster-code"), settings_for("api")
+    # Runs execute in the code-location container: the warehouse, reports and logs must persist there.
+    assert volume_of(compose_config, "dagster-code", code.duckdb_path) == "warehouse"
+    assert volume_of(compose_config, "dagster-code", code.reports_dir) == "reports"
+    # The monitoring assets read exactly the log files the API writes.
+    assert api.logs_dir == code.logs_dir
+    assert volume_of(compose_config, "api", api.predictions_dir) == "prediction-logs"
+    assert volume_of(compose_config, "dagster-code", code.predictions_dir) == "prediction-logs"
+    assert volume_of(compose_config, "dagster-code", code.feedback_dir) == "prediction-logs"
+    # The Kaggle file is mounted read-only, never baked into the image.
+    data_mounts = [
+        v
+        for v in compose_config["services"]["dagster-code"]["volumes"]
+        if str(code.data_path.parent) in str(v)
+    ]
+    assert data_mounts and all(
+        (v.get("read_only") if isinstance(v, dict) else str(v).endswith(":ro")) for v in data_mounts
+    )
+    artifacts = flag(compose_config["services"]["mlflow"]["command"], "--artifacts-destination")
+    assert volume_of(compose_config, "mlflow", artifacts) == "mlflow-artifacts"
+    assert volume_of(compose_config, "postgres", "/var/lib/postgresql/data") == "postgres-data"
+    assert set(compose_config["volumes"]) == {
+        "postgres-data",
+        "mlflow-artifacts",
+        "warehouse",
+        "reports",
+        "prediction-logs",
+        "dagster-storage",
+    }
+
+
+def test_secrets_come_from_the_environment(compose_bin: str, repo: Path) -> None:
+    """Setting POSTGRES_PASSWORD changes every place that uses it; the default is only a local fallback."""
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME"}}
+    env["POSTGRES_PASSWORD"] = "s3cret-from-env"
+    done = subprocess.run(
+        [compose_bin, "-f", "docker-compose.yml", "config"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    assert service_env(config, "postgres")["POSTGRES_PASSWORD"] == "s3cret-from-env"
+    for name in ("dagster-code", "dagster-webserver", "dagster-daemon"):
+        assert service_env(config, name)["DAGSTER_POSTGRES_PASSWORD"] == "s3cret-from-env"
+    assert ":s3cret-from-env@postgres:" in flag(
+        config["services"]["mlflow"]["command"], "--backend-store-uri"
+    )
+    assert "s3cret-from-env" not in (repo / "docker-compose.yml").read_text()
+
+
+# ----------------------------------------------------------------------------------------------- image
+def test_dockerfile_builds_from_pyproject_as_non_root(
+    docker: list[tuple[str, str]], image_files: dict[str, Path], pyproject: dict[str, Any], repo: Path
+) -> None:
+    (base,) = [args for op, args in docker if op == "FROM"]
+    assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim-\w+|python:3\.\d+-slim(-\w+)?", base), base
+    version = dict(re.findall(r"ARG (\w+)=(\S+)", "\n".join(f"{op} {a}" for op, a in docker)))[
+        "PYTHON_VERSION"
+    ]
+    assert version == f"{sys.version_info.major}.{sys.version_info.minor}", (
+        "image and CI should run one Python"
+    )
+
+    users = [args for op, args in docker if op == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, "the containers must not run as root"
+
+    for dest, src in image_files.items():
+        assert src.exists(), f"COPY {src.relative_to(repo)} -> {dest}: the file is not in the repository"
+
+    runs = " ".join(args for op, args in docker if op == "RUN")
+    extras = re.findall(r'pip install "\.\[([\w,-]+)\]"', runs)
+    assert extras, "the image must install the project from pyproject.toml"
+    optional = pyproject["project"].get("optional-dependencies", {})
+    wanted = list(pyproject["project"]["dependencies"])
+    for extra in extras[0].split(","):
+        assert extra in optional, f'Dockerfile installs ".[{extra}]" but pyproject.toml has no such extra'
+        wanted += optional[extra]
+    names = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for req in wanted}
+    for needed in ("dagster-postgres", "psycopg2-binary", "dagster-webserver", "mlflow"):
+        assert needed in names, f"the image would lack {needed}"
+    assert "pip install --no-deps ." in runs
+
+
+def dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's pattern syntax: `**` crosses directories, `*` and `?` do not."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out.strip("/") + r"\Z")
+
+
+def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: dict[str, Path]) -> None:
+    rules = [
+        (line.startswith("!"), dockerignore_regex(line.lstrip("!").strip()))
+        for line in (repo / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(rel: str) -> bool:
+        """Last matching rule wins; a rule matching a parent directory applies to everything under it."""
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        verdict = False
+        for negate, regex in rules:
+            if any(regex.match(prefix) for prefix in prefixes):
+                verdict = not negate
+        return verdict
+
+    for src in image_files.values():
+        files = (
+            [src]
+            if src.is_file()
+            else [p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        )
+        assert files, src
+        for path in files:
+            rel = path.relative_to(repo).as_posix()
+            assert not ignored(rel), (
+                f"{rel} is copied by the Dockerfile but excluded by Dockerfile.dockerignore"
+            )
+    for never in (
+        ".venv/bin/python",
+        ".exampass/warehouse.duckdb",
+        "data/StudentsPerformance.csv",
+        ".git/HEAD",
+    ):
+        assert ignored(never), f"{never} would be sent to the Docker daemon"
+    assert ignored("exampass_pipeline/__pycache__/schema.cpython-311.pyc")
+
+
+def test_image_paths_match_the_compose_paths(
+    compose_config: dict[str, Any], docker: list[tuple[str, str]]
+) -> None:
+    """`docker run exampass` alone and the Compose services must agree on where state lives."""
+    image_env = dockerfile_env(docker)
+    for name in ("dagster-code", "api"):
+        for key, value in service_env(compose_config, name).items():
+            if key.startswith("EXAMPASS_") and key in image_env and key not in {"EXAMPASS_ROLE"}:
+                assert image_env[key] == value, (
+                    f"{name}: {key} is {value} in compose, {image_env[key]} in the image"
+                )
+    assert image_env["DAGSTER_HOME"] == service_env(compose_config, "dagster-code")["DAGSTER_HOME"]
+    assert image_env["EXAMPASS_API_HOST"] == "0.0.0.0"
+
+
+def test_every_service_has_a_health_check_the_image_understands(
+    compose_config: dict[str, Any], docker: list[tuple[str, str]], image_files: dict[str, Path]
+) -> None:
+    (health,) = [args for op, args in docker if op == "HEALTHCHECK"]
+    script = re.search(r'"(/[^"]+\.py)"', health)
+    assert script and script.group(1) in image_files, "HEALTHCHECK must run a script the image contains"
+    sys.path.insert(0, str(image_files[script.group(1)].parent))
+    try:
+        healthcheck = importlib.import_module(image_files[script.group(1)].stem)
+    finally:
+        sys.path.pop(0)
+    assert dockerfile_env(docker)["EXAMPASS_ROLE"] == "api", "the image's default command is the API"
+    for name in EXAMPASS_SERVICES:
+        role = service_env(compose_config, name).get("EXAMPASS_ROLE")
+        assert role, f"{name}: set EXAMPASS_ROLE so the image's HEALTHCHECK probes the right thing"
+        _, detail = healthcheck.check(role, {})
+        assert "unknown EXAMPASS_ROLE" not in detail, f"{name}: {detail}"
+    assert "unknown EXAMPASS_ROLE" in healthcheck.check("nonsense", {})[1]
