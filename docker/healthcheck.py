@@ -49,6 +49,9 @@ def _command_ok(argv: list[str]) -> tuple[bool, str]:
     return done.returncode == 0, f"{' '.join(argv)} -> exit {done.returncode} {detail[-1] if detail else ''}"
 
 
+ROLES = ("api", "webserver", "mlflow", "code", "daemon")
+
+
 def check(role: str, env: dict[str, str]) -> tuple[bool, str]:
     """Probe the service behind ``role`` on loopback; ports come from the same variables the services read."""
     if role == "api":
@@ -63,7 +66,7 @@ def check(role: str, env: dict[str, str]) -> tuple[bool, str]:
         )
     if role == "daemon":
         return _command_ok(["dagster-daemon", "liveness-check"])
-    return False, f"unknown EXAMPASS_ROLE {role!r}; expected one of api, webserver, mlflow, code, daemon"
+    return False, f"unknown EXAMPASS_ROLE {role!r}; expected one of {', '.join(ROLES)}"
 
 
 def main() -> int:

@@ -85,10 +85,12 @@ def log_model(
     """Log a fitted sklearn Pipeline to the active run with skops and register it.
 
     The threshold travels inside the MLmodel metadata, so whoever loads a version also gets the decision rule
-    it was tuned with. ``pip_requirements=None`` lets MLflow infer them, which re-imports the model in a
-    subprocess and scans every installed distribution (30-60 s on a busy 2-core box); callers that register
-    many versions (tests, benchmarks) pass an explicit list instead.
+    it was tuned with. Requirements default to the exact installed versions of what a skops sklearn model
+    needs: MLflow's own inference re-imports the model in a subprocess and scans every installed distribution,
+    30-60 s per registration on a busy 2-core box, to arrive at the same list.
     """
+    if pip_requirements is None:
+        pip_requirements = pinned_requirements()
     example = example[list(schema.FEATURES)].head(5)
     signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
     return mlflow.sklearn.log_model(
@@ -103,6 +105,12 @@ def log_model(
         pyfunc_predict_fn="predict_proba",
         pip_requirements=pip_requirements,
     )
+
+
+def pinned_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "skops", "numpy", "scipy", "pandas")]
 
 
 def champion_version(client: MlflowClient | None = None) -> ModelVersion | None:

@@ -582,7 +582,11 @@ def test_every_service_has_a_health_check_the_image_understands(
     assert dockerfile_env(docker)["EXAMPASS_ROLE"] == "api", "the image's default command is the API"
     for name in EXAMPASS_SERVICES:
         role = service_env(compose_config, name).get("EXAMPASS_ROLE")
-        assert role, f"{name}: set EXAMPASS_ROLE so the image's HEALTHCHECK probes the right thing"
-        _, detail = healthcheck.check(role, {})
-        assert "unknown EXAMPASS_ROLE" not in detail, f"{name}: {detail}"
-    assert "unknown EXAMPASS_ROLE" in healthcheck.check("nonsense", {})[1]
+        assert role in healthcheck.ROLES, (
+            f"{name}: EXAMPASS_ROLE={role!r}, the HEALTHCHECK knows {healthcheck.ROLES}"
+        )
+    assert set(healthcheck.ROLES) == {
+        service_env(compose_config, n)["EXAMPASS_ROLE"] for n in EXAMPASS_SERVICES
+    }
+    healthy, detail = healthcheck.check("nonsense", {})
+    assert not healthy and "unknown EXAMPASS_ROLE" in detail

@@ -152,3 +152,48 @@ def test_training_and_a_monitoring_partition_run_on_postgres(pg_home: dict[str, 
     assert (schema.MODEL_NAME, schema.CHAMPION_ALIAS, int(champion.version)) in aliases
     sqlite_files = list(Path(pg_home["EXAMPASS_HOME"]).rglob("*.db"))
     assert not sqlite_files, f"a SQLite store was created beside Postgres: {sqlite_files}"
+
+
+def test_compose_init_script_creates_the_mlflow_database_once(pg_server: Any) -> None:
+    """docker/postgres-init.sh, run as the postgres image runs it on first start, creates MLflow's database.
+
+    Run twice, the second time is a no-op: the official image only runs it on an empty volume, but a script
+    that fails on a re-run would turn a manual recovery into a second outage.
+    """
+    if shutil.which("psql") is None:
+        pytest.fail(
+            "psql is not installed (Debian package postgresql-client, installed by .ci/system-deps.sh)"
+        )
+    name = f"exampass_test_init_{os.getpid()}"
+    env = {
+        **os.environ,
+        "POSTGRES_USER": pg_server.user,
+        "POSTGRES_DB": "postgres",
+        "MLFLOW_POSTGRES_DB": name,
+        "PGHOST": pg_server.host,
+        "PGPORT": str(pg_server.port),
+        "PGPASSWORD": pg_server.password,
+    }
+    script = REPO / "docker" / "postgres-init.sh"
+    try:
+        first = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert f"created database {name}" in first.stdout
+        assert _query(pg_server, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{name}'") == [(1,)]
+        again = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert "created database" not in again.stdout
+        missing = subprocess.run(
+            ["sh", str(script)],
+            env={**env, "MLFLOW_POSTGRES_DB": ""},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert missing.returncode != 0 and "MLFLOW_POSTGRES_DB" in missing.stderr
+    finally:
+        conn = pg_server.connect()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.close()
