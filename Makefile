@@ -63,6 +63,14 @@ bench-serve: install
 bench-drift: install
 	$(BIN)/python benchmarks/drift_checks.py
 
+# README screenshots from a real run on a throw-away EXAMPASS_HOME (needs Chromium: make system-deps).
+screenshots: install
+	$(BIN)/python deploy/screenshots.py
+
+# PostgreSQL (loopback), Chromium and docker-compose from Debian, as CI installs them.
+system-deps:
+	$(if $(filter 0,$(shell id -u)),,sudo) bash .ci/system-deps.sh
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
