@@ -20,25 +20,23 @@ Needs the Kaggle file (EXAMPASS_DATA) and /usr/bin/chromium (`bash .ci/system-de
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from exampass_pipeline.demo import WebhookReceiver, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -64,43 +62,12 @@ def say(text: str) -> None:
     print(f"[screenshots] {text}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL we built
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError):
         return False
-
-
-class AlertInbox:
-    """A local Slack-style webhook: the alert is delivered somewhere real, with no outside service."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0")))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def run(step: str, argv: list[str], env: dict[str, str]) -> str:
@@ -141,7 +108,7 @@ def server(name: str, argv: list[str], env: dict[str, str], ready_url: str, logs
         log.close()
 
 
-def prepare(home: Path, env: dict[str, str], inbox: AlertInbox) -> tuple[date, date]:
+def prepare(home: Path, env: dict[str, str], inbox: WebhookReceiver) -> tuple[date, date]:
     """Train, simulate ordinary then drifted days, and monitor them; returns (first drifted day, last day)."""
     last = datetime.now(UTC).date() - timedelta(days=1)
     first = last - timedelta(days=NORMAL_DAYS + DRIFT_DAYS - 1)
@@ -292,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logs = home / "server-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    inbox = AlertInbox()
+    inbox = WebhookReceiver()
     try:
         _, last = prepare(home, env, inbox)
         os.environ.update(env)  # this process reads the registry below
