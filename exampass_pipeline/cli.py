@@ -20,6 +20,8 @@ from exampass_pipeline import registry, schema
 from exampass_pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Headless runs print what happened at the end; the step-by-step DEBUG stream stays in the Dagster UI.
+CONSOLE_WARNINGS_ONLY = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
@@ -50,7 +52,10 @@ def materialize_training(
         selection=selection or TRAINING,
         instance=instance,
         resources=build_resources(settings),
-        run_config={"ops": {"pass_classifier": {"config": {"candidate_set": candidate_set}}}},
+        run_config={
+            "ops": {"pass_classifier": {"config": {"candidate_set": candidate_set}}},
+            **CONSOLE_WARNINGS_ONLY,
+        },
         tags=tags,
         raise_on_error=False,
     )
@@ -69,6 +74,7 @@ def materialize_monitoring(
         partition_key=partition_key,
         instance=instance,
         resources=build_resources(settings),
+        run_config=CONSOLE_WARNINGS_ONLY,
         raise_on_error=False,
     )
 

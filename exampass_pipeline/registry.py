@@ -8,6 +8,7 @@ fetched through MLflow and opened with skops against *our* allow-list, not the l
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,10 @@ def log_model(
     if pip_requirements is None:
         pip_requirements = pinned_requirements()
     example = example[list(schema.FEATURES)].head(5)
-    signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values; scores are never missing by contract.
+        warnings.simplefilter("ignore", UserWarning)
+        signature = mlflow.models.infer_signature(example, pipeline.predict_proba(example))
     return mlflow.sklearn.log_model(
         pipeline,
         name=ARTIFACT_PATH,
@@ -110,7 +114,9 @@ def log_model(
 def pinned_requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "skops", "numpy", "scipy", "pandas")]
+    return [
+        f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "skops", "numpy", "scipy", "pandas")
+    ]
 
 
 def champion_version(client: MlflowClient | None = None) -> ModelVersion | None:
