@@ -43,7 +43,7 @@ from exampass_api.schemas import (
     StudentIn,
     ValidationErrorOut,
 )
-from exampass_api.service import BodyErrors, PayloadTooLarge, PredictionService, ServiceLog, parse_batch
+from exampass_api.service import BodyErrors, PayloadTooLarge, PredictionService, parse_batch
 from exampass_pipeline import schema
 from exampass_pipeline.predlog import PredictionLog
 from exampass_pipeline.settings import Settings
@@ -206,7 +206,7 @@ def create_app(
     """Build the service; uvicorn calls this once per worker (``factory=True``)."""
     settings = settings or Settings.from_env()
     store = store or ModelStore(settings)
-    predlog = predlog or ServiceLog(settings.logs_dir)
+    predlog = predlog or PredictionLog(settings.logs_dir)
     service = PredictionService(predlog)
 
     @asynccontextmanager

@@ -8,12 +8,10 @@ serialised with orjson straight to bytes; FastAPI's response-model validation wo
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -23,39 +21,8 @@ from pydantic import ValidationError
 from exampass_api.model_store import Bundle
 from exampass_api.schemas import EXPLANATION_TOP_K, MAX_BATCH, BatchIn
 from exampass_api.scorer import CODES, FEATURES, encode, top_contributions
-from exampass_pipeline import predlog, schema
+from exampass_pipeline import schema
 from exampass_pipeline.predlog import PredictionLog
-
-
-class OrjsonAppender(predlog.JsonlAppender):
-    """``JsonlAppender`` (same day files, same cached O_APPEND descriptor, one ``os.write`` per record) with a
-    serialiser ~15x faster than ``json.dumps`` on this machine, where the standard encoder alone cost more
-    than scoring a model.
-
-    The bytes stay identical to ``json.dumps(record, separators=(",", ":"))``: the records hold strings,
-    ints, bools and one probability, and orjson writes every float in [1e-4, 1] (and 0.0) exactly as Python's
-    ``repr``; a probability outside that range (orjson writes ``1e-5`` as ``0.00001``) or a non-finite one
-    goes through the parent's ``json.dumps``, which also keeps refusing NaN.
-    """
-
-    def append(self, record: Mapping[str, Any], at: datetime) -> None:
-        p = record.get("pass_probability", 0.0)
-        if not (p == 0.0 or 1e-4 <= p <= 1.0):
-            super().append(record, at)
-            return
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        written = os.write(self._fd(at.astimezone(UTC).date()), line)
-        if written != len(line):  # pragma: no cover - only on a full disk
-            raise OSError(f"short write to {self.directory}: {written} of {len(line)} bytes")
-
-
-class ServiceLog(PredictionLog):
-    """The PredictionLog the API writes through: the same records and files, the faster appender."""
-
-    def __init__(self, logs_dir: Path) -> None:
-        super().__init__(logs_dir)
-        self.predictions = OrjsonAppender(Path(logs_dir) / predlog.PREDICTIONS)
-        self.feedback = OrjsonAppender(Path(logs_dir) / predlog.FEEDBACK)
 
 
 def new_prediction_id() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from exampass_api.schemas import StudentIn
 from exampass_api.scorer import encode
-from exampass_api.service import OrjsonAppender, encode_plain, new_prediction_id, new_prediction_ids
+from exampass_api.service import encode_plain, new_prediction_id, new_prediction_ids
 from exampass_pipeline import predlog, schema
 
 ODD_VALUES: list[Any] = [
@@ -79,31 +80,29 @@ def test_prediction_ids_are_random_version_4_uuids() -> None:
 
 
 @pytest.mark.parametrize("probability", [0.0, 1.0, 0.5, 0.123456789012345, 1e-4, 9.99e-5, 3.2e-7, 5e-324])
-def test_orjson_appender_writes_the_same_bytes_as_predlog(tmp_path: Path, probability: float) -> None:
-    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-    inputs = {
-        "gender": "male",
-        "race_ethnicity": "group A",
-        "parental_level_of_education": "master's degree",
-        "lunch": "free/reduced",
-        "test_preparation_course": "completed",
-        "reading_score": 0,
-        "writing_score": 100,
+def test_log_lines_are_byte_identical_to_json_dumps(probability: float) -> None:
+    record = {
+        "prediction_id": str(uuid.UUID(int=5, version=4)),
+        "timestamp": datetime(2026, 11, 27, 12, 0, tzinfo=UTC).isoformat(),
+        "model_version": "7",
+        "inputs": {
+            "gender": "male",
+            "race_ethnicity": "group A",
+            "parental_level_of_education": "master's degree",
+            "lunch": "free/reduced",
+            "test_preparation_course": "completed",
+            "reading_score": 0,
+            "writing_score": 100,
+        },
+        "pass_probability": probability,
+        "predicted_pass": True,
     }
-    written = []
-    for name, appender in (("plain", predlog.JsonlAppender), ("fast", OrjsonAppender)):
-        log = predlog.PredictionLog(tmp_path / name)
-        log.predictions = appender(tmp_path / name / predlog.PREDICTIONS)
-        log.log_prediction(
-            inputs, probability, True, "7", prediction_id=str(uuid.UUID(int=5, version=4)), at=at
-        )
-        log.close()
-        written.append((tmp_path / name / predlog.PREDICTIONS / "2026-11-27.jsonl").read_bytes())
-    assert written[0] == written[1]
+    expected = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    assert predlog.encode_record(record) == expected
 
 
-def test_orjson_appender_still_refuses_nan(tmp_path: Path) -> None:
-    appender = OrjsonAppender(tmp_path)
+def test_log_writer_still_refuses_nan(tmp_path: Path) -> None:
+    appender = predlog.JsonlAppender(tmp_path)
     with pytest.raises(ValueError):
         appender.append({"pass_probability": float("nan")}, datetime.now(UTC))
     assert not any(p.read_bytes() for p in tmp_path.glob("*.jsonl"))
