@@ -10,8 +10,9 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from exampass_pipeline import schema
+from exampass_pipeline import modeling, schema
 from exampass_pipeline.alerts import Alerter
+from exampass_pipeline.assets.training import ROW_ID
 from exampass_pipeline.resources import Thresholds
 
 SEVERITY = {dg.AssetCheckSeverity.ERROR: "ERROR", dg.AssetCheckSeverity.WARN: "WARN"}
@@ -177,9 +178,6 @@ def splits_disjoint_and_sized(
     alerter: Alerter,
     warehouse: DuckDBResource,
 ) -> dg.AssetCheckResult:
-    from exampass_pipeline import modeling
-    from exampass_pipeline.assets.training import ROW_ID
-
     ids = {
         name: set(frame[ROW_ID])
         for name, frame in (("train", train_split), ("validation", validation_split), ("test", test_split))

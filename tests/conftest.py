@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,25 @@ def monitoring_home(
     shutil.copy(trained_store / "warehouse.duckdb", exampass_home.duckdb_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained_store / 'mlflow' / 'mlflow.db'}")
     return Settings.from_env()
+
+
+@pytest.fixture
+def write_days(monitoring_home: Settings) -> Callable[[list[date], str, int], None]:
+    """Write labelled history for ``days`` through the simulator, scored by the shared champion."""
+    from exampass_pipeline import registry, simulate
+
+    def write(days: list[date], scenario: str, seed: int) -> None:
+        registry.configure(monitoring_home)
+        simulate.write_history(
+            monitoring_home.logs_dir,
+            registry.load_champion(),
+            days,
+            200,
+            scenario,
+            feedback_rate=1.0,
+            feedback_delay_days=0,
+            seed=seed,
+            progress=False,
+        )
+
+    return write

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date
 
 import dagster as dg
 import pytest
 
-from exampass_pipeline import registry, simulate
 from exampass_pipeline.cli import materialize_monitoring
 from exampass_pipeline.sensors import COOLDOWN_ENV, retrain_on_failed_checks
 from exampass_pipeline.settings import Settings
@@ -24,28 +24,14 @@ def evaluate(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[o
     return result, new_cursor
 
 
-def simulate_days(settings: Settings, days: list[date], scenario: str, seed: int) -> None:
-    registry.configure(settings)
-    model = registry.load_champion()
-    simulate.write_history(
-        settings.logs_dir,
-        model,
-        days,
-        200,
-        scenario,
-        feedback_rate=1.0,
-        feedback_delay_days=0,
-        seed=seed,
-        progress=False,
-    )
-
-
 def test_one_failure_requests_exactly_one_retrain(
-    monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch
+    monitoring_home: Settings,
+    write_days: Callable[[list[date], str, int], None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(COOLDOWN_ENV, "0")
-    simulate_days(monitoring_home, [NORMAL_DAY], "none", seed=3)
-    simulate_days(monitoring_home, [DRIFT_DAY], "lunch_shift", seed=4)
+    write_days([NORMAL_DAY], "none", 3)
+    write_days([DRIFT_DAY], "lunch_shift", 4)
     with dg.instance_for_test() as instance:
         result, cursor = evaluate(instance)
         assert isinstance(result, dg.SkipReason)
@@ -73,11 +59,13 @@ def test_one_failure_requests_exactly_one_retrain(
 
 
 def test_cooldown_holds_back_a_second_retrain(
-    monitoring_home: Settings, monkeypatch: pytest.MonkeyPatch
+    monitoring_home: Settings,
+    write_days: Callable[[list[date], str, int], None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(COOLDOWN_ENV, "3600")
     days = [DRIFT_DAY, date(2026, 11, 12)]
-    simulate_days(monitoring_home, days, "lunch_shift", seed=5)
+    write_days(days, "lunch_shift", 5)
     with dg.instance_for_test() as instance:
         materialize_monitoring(instance, monitoring_home, days[0].isoformat())
         first, cursor = evaluate(instance)

@@ -4,6 +4,7 @@ The student table grows with production: labelled prediction rows (inputs plus t
 feedback) join the original file, so a retrain learns from what the service actually saw.
 """
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -21,8 +22,6 @@ SYNTHETIC_ROWS = 1000
 
 
 def _partitions_start() -> str:
-    import os
-
     return os.environ.get(PARTITIONS_START_ENV, "2026-01-01")
 
 

@@ -7,7 +7,7 @@ already loaded, and a partitioned check then always refers to the same day as it
 """
 
 from datetime import UTC, date, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import dagster as dg
@@ -65,7 +65,7 @@ def _long_table(day: date, numbers: dict[str, Any], kind: str) -> pd.DataFrame:
     return frame
 
 
-def _report_link(paths: ExamPassPaths, html: Any) -> dict[str, dg.MetadataValue]:
+def _report_link(html: Any) -> dict[str, dg.MetadataValue]:
     return {"report": dg.MetadataValue.path(str(html)), "report_url": dg.MetadataValue.url(html.as_uri())}
 
 
@@ -95,6 +95,9 @@ def drift_report(
 ) -> Any:
     """Evidently data drift of the day's inputs and predicted probabilities against the training split."""
     day = date.fromisoformat(context.partition_key)
+    check = partial(
+        checked, context, alerter, warehouse, asset="drift_report", partition_key=context.partition_key
+    )
     current = prediction_batches
     model = serving_model(current)
     held_out = pd.concat([validation_split, test_split], ignore_index=True)
@@ -129,23 +132,18 @@ def drift_report(
     yield dg.Output(
         table,
         metadata={
-            **_report_link(paths, html),
+            **_report_link(html),
             "rows": len(current),
             "drift_status": data.status,
             "drifted_columns": ", ".join(data.drifted_columns) or "none",
             "model_version": model.version if model else "none",
         },
     )
-    yield checked(
-        context,
-        alerter,
-        warehouse,
-        asset="drift_report",
+    yield check(
         check_name=NO_DATA_DRIFT,
         passed=data.passed,
         message=data.reason,
-        metadata={**data.to_metadata(), **_report_link(paths, html)},
-        partition_key=context.partition_key,
+        metadata={**data.to_metadata(), **_report_link(html)},
     )
     if pred is None:
         yield dg.AssetCheckResult(
@@ -156,16 +154,11 @@ def drift_report(
             description="no champion model: prediction drift not judged",
         )
     else:
-        yield checked(
-            context,
-            alerter,
-            warehouse,
-            asset="drift_report",
+        yield check(
             check_name=PREDICTION_DRIFT,
             passed=pred.passed,
             message=pred.reason,
-            metadata={**pred.to_metadata(), **_report_link(paths, html)},
-            partition_key=context.partition_key,
+            metadata={**pred.to_metadata(), **_report_link(html)},
         )
 
 
@@ -197,6 +190,9 @@ def quality_report(
 ) -> Any:
     """Evidently classification quality on the day's labelled rows, overall and per segment."""
     day = date.fromisoformat(context.partition_key)
+    check = partial(
+        checked, context, alerter, warehouse, asset="quality_report", partition_key=context.partition_key
+    )
     labelled = prediction_batches[prediction_batches[schema.MATH_SCORE].notna()].copy()
     labelled[schema.LABEL] = labelled[schema.LABEL].astype(bool)
     labelled["predicted_pass"] = labelled["predicted_pass"].astype(bool)
@@ -228,32 +224,22 @@ def quality_report(
     yield dg.Output(
         _long_table(day, numbers, "quality"),
         metadata={
-            **_report_link(paths, html),
+            **_report_link(html),
             "labelled_rows": len(labelled),
             "quality_status": decision.status,
             "model_version": model.version if model else "none",
         },
     )
-    yield checked(
-        context,
-        alerter,
-        warehouse,
-        asset="quality_report",
+    yield check(
         check_name=MODEL_QUALITY,
         passed=decision.passed,
         message=decision.reason,
-        metadata={**decision.to_metadata(), **_report_link(paths, html)},
-        partition_key=context.partition_key,
+        metadata={**decision.to_metadata(), **_report_link(html)},
     )
-    yield checked(
-        context,
-        alerter,
-        warehouse,
-        asset="quality_report",
+    yield check(
         check_name=SEGMENT_QUALITY,
         passed=segments.passed,
         message=segments.reason,
-        metadata={**segments.to_metadata(), **_report_link(paths, html)},
+        metadata={**segments.to_metadata(), **_report_link(html)},
         severity=dg.AssetCheckSeverity.WARN,
-        partition_key=context.partition_key,
     )

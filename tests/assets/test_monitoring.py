@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 
-from exampass_pipeline import registry, simulate
 from exampass_pipeline.cli import backfill_main, materialize_monitoring
 from exampass_pipeline.settings import Settings
 
 DAYS = [date(2026, 11, 3), date(2026, 11, 4)]
 
 
-def write_days(settings: Settings, scenario: str, days: list[date], seed: int) -> None:
-    registry.configure(settings)
-    simulate.write_history(
-        settings.logs_dir,
-        registry.load_champion(),
-        days,
-        200,
-        scenario,
-        feedback_rate=1.0,
-        feedback_delay_days=0,
-        seed=seed,
-        progress=False,
-    )
-
-
 def checks_of(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
-def test_ordinary_day_passes_and_drifted_day_fails_with_reports_and_alerts(monitoring_home: Settings) -> None:
-    write_days(monitoring_home, "none", DAYS[:1], seed=11)
-    write_days(monitoring_home, "lunch_shift", DAYS[1:], seed=12)
+def test_ordinary_day_passes_and_drifted_day_fails_with_reports_and_alerts(
+    monitoring_home: Settings, write_days: Callable[[list[date], str, int], None]
+) -> None:
+    write_days(DAYS[:1], "none", 11)
+    write_days(DAYS[1:], "lunch_shift", 12)
     with dg.instance_for_test() as instance:
         ordinary = checks_of(materialize_monitoring(instance, monitoring_home, DAYS[0].isoformat()))
         drifted_run = materialize_monitoring(instance, monitoring_home, DAYS[1].isoformat())
@@ -75,8 +62,10 @@ def test_ordinary_day_passes_and_drifted_day_fails_with_reports_and_alerts(monit
     assert all(a[1] != DAYS[0].isoformat() for a in alerts)
 
 
-def test_backfill_command_reingests_a_range_once(monitoring_home: Settings, capsys: object) -> None:
-    write_days(monitoring_home, "none", DAYS, seed=21)
+def test_backfill_command_reingests_a_range_once(
+    monitoring_home: Settings, write_days: Callable[[list[date], str, int], None]
+) -> None:
+    write_days(DAYS, "none", 21)
     args = [DAYS[0].isoformat(), DAYS[-1].isoformat(), "--no-retrain"]
     assert backfill_main(args) == 0
     assert backfill_main(args) == 0
