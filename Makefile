@@ -11,7 +11,7 @@ export DAGSTER_HOME ?= $(EXAMPASS_HOME)/dagster
 export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformance.csv) $(wildcard $(abspath ../shared/data/StudentsPerformance.csv)) $(CURDIR)/data/StudentsPerformance.csv)
 MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
-.PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-serve bench-drift \
+.PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift \
 	backfill screenshots system-deps clean
 
 $(STAMP): pyproject.toml
@@ -52,10 +52,13 @@ demo: install
 	rm -rf $(CURDIR)/.exampass/demo
 	EXAMPASS_HOME=$(CURDIR)/.exampass/demo DAGSTER_HOME=$(CURDIR)/.exampass/demo/dagster $(BIN)/exampass-demo
 
-bench: bench-model bench-serve bench-drift
+bench: bench-model bench-ceiling bench-serve bench-drift
 
 bench-model: install
 	$(BIN)/python benchmarks/model_quality.py
+
+bench-ceiling: install
+	$(BIN)/python benchmarks/f1_ceiling.py
 
 bench-serve: install
 	$(BIN)/python benchmarks/serve.py

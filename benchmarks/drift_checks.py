@@ -38,9 +38,10 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.model_quality import DEFAULT_DATA, load_students  # noqa: E402
 from exampass_pipeline import drift, modeling, schema, synthetic  # noqa: E402
 
-DATA = (REPO_ROOT / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
+DATA = DEFAULT_DATA.resolve()
 SIZES = (50, 100, 300)
 DRIFT_SCENARIOS = tuple(s for s in synthetic.SCENARIOS if s != "none")
 FALSE_ALARM_GOAL = 0.05
@@ -49,13 +50,6 @@ DETECTION_GOAL_SCENARIOS = ("lunch_shift", "score_decline")
 DETECTION_GOAL_N = 100
 
 Rule = Callable[[pd.DataFrame, pd.DataFrame], bool]
-
-
-def load_students() -> pd.DataFrame:
-    """The real file with schema names and the label; kept in memory only."""
-    frame = pd.read_csv(DATA).rename(columns=schema.KAGGLE_HEADER)
-    frame[schema.LABEL] = frame[schema.MATH_SCORE].map(schema.pass_math)
-    return frame
 
 
 def exampass_rule(reference: pd.DataFrame, current: pd.DataFrame) -> bool:
@@ -164,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started = time.perf_counter()
-    batches = Batches(load_students())
+    batches = Batches(load_students(DATA))
     rules: dict[str, tuple[Rule, int, int]] = {
         "ExamPass": (exampass_rule, args.batches, args.drift_batches),
         "Evidently any-column": (evidently_rule, args.evidently_batches, args.evidently_batches),
