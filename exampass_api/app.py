@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from exampass_api.model_store import ModelStore
 from exampass_api.schemas import (
@@ -43,7 +44,7 @@ from exampass_api.schemas import (
     StudentIn,
     ValidationErrorOut,
 )
-from exampass_api.service import BodyErrors, PayloadTooLarge, PredictionService, parse_batch
+from exampass_api.service import TOO_DEEP, BodyErrors, PayloadTooLarge, PredictionService, parse_batch
 from exampass_pipeline import schema
 from exampass_pipeline.predlog import PredictionLog
 from exampass_pipeline.settings import Settings
@@ -82,9 +83,31 @@ class JsonBodyRoute(APIRoute):
                     return _unsupported(None)
             elif not _is_json(content_type):
                 return _unsupported(content_type)
-            return await handler(request)
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                error = _unreadable_body(exc)
+                if error is None:
+                    raise
+                return JSONResponse(validation_body([error], request.url.path), 422)
 
         return route
+
+
+def _unreadable_body(exc: HTTPException) -> Mapping[str, Any] | None:
+    """The error for a body FastAPI could not even parse, which it answers with a bare 400.
+
+    That happens for bytes that are not UTF-8 and for JSON nested deeper than the parser's stack; both get
+    the same 422 shape as any other malformed body (as /predict/batch, which parses its own body, gives).
+    """
+    cause = exc.__cause__
+    if exc.status_code != 400:
+        return None
+    if isinstance(cause, RecursionError):
+        return TOO_DEEP
+    if isinstance(cause, UnicodeDecodeError):
+        return {"type": "json_invalid", "loc": ("body", cause.start), "ctx": {"error": str(cause)}}
+    return None
 
 
 def _field_name(loc: Sequence[Any]) -> str:
@@ -118,6 +141,8 @@ def _describe(error: Mapping[str, Any], path: str) -> dict[str, Any]:
             "body",
             f"malformed JSON at character {position}: {(error.get('ctx') or {}).get('error')}",
         )
+    elif kind == "json_too_deep":
+        field, reason = "body", "JSON nested too deeply; send a flat JSON object per student"
     elif kind == "missing" and field == "body":
         reason = f"empty body; send a JSON object with the fields {', '.join(fields)}"
     elif kind == "missing":
@@ -130,7 +155,7 @@ def _describe(error: Mapping[str, Any], path: str) -> dict[str, Any]:
         reason += f"; allowed fields: {', '.join(allowed)}"
     elif kind == "literal_error" and leaf in schema.CATEGORIES:
         allowed = list(schema.CATEGORIES[leaf])
-        reason = f"unknown category {value!r}; allowed: {', '.join(map(repr, allowed))}"
+        reason = f"unknown category {schema.shown(value)}; allowed: {', '.join(map(repr, allowed))}"
     elif kind in ("model_attributes_type", "model_type", "dict_type", "batch_type"):
         reason = f"expected a JSON object with the fields {', '.join(fields)}, got {_json_type(value)}"
     elif kind in ("score_type", "score_invalid"):
@@ -138,7 +163,7 @@ def _describe(error: Mapping[str, Any], path: str) -> dict[str, Any]:
     elif kind in ("too_short", "too_long", "list_type") and leaf == "students":
         reason = f"expected a list of 1 to {MAX_BATCH} students"
     elif kind.startswith("uuid"):
-        reason = f"{value!r} is not a UUID (use the prediction_id returned by /predict)"
+        reason = f"{schema.shown(value)} is not a UUID (use the prediction_id returned by /predict)"
     else:
         reason = str(error.get("msg", "invalid value"))
     out: dict[str, Any] = {"field": field, "reason": reason}

@@ -50,7 +50,7 @@ def _whole_score(value: object) -> int:
     """Refuse anything that is not a whole number of points, before pydantic's lax int coercion sees it."""
     if isinstance(value, str):
         raise PydanticCustomError(
-            "score_type", "{value} is a string; send a whole number", {"value": repr(value)}
+            "score_type", "{value} is a string; send a whole number", {"value": schema.shown(value)}
         )
     reason = schema.score_error(value)
     if reason is not None:

@@ -79,6 +79,7 @@ class BodyErrors(Exception):
         self.errors = list(errors)
 
 
+TOO_DEEP: Final[Mapping[str, Any]] = {"type": "json_too_deep", "loc": ("body",), "msg": "nested too deeply"}
 _NOT_A_BATCH: Final = f'expected a JSON object {{"students": [...]}} with 1 to {MAX_BATCH} students'
 
 
@@ -105,6 +106,8 @@ def parse_batch(raw: bytes) -> ParsedBatch:
     except orjson.JSONDecodeError:
         try:
             data = json.loads(raw)
+        except RecursionError as exc:  # orjson stops at 1,024 levels; the standard parser hits the stack
+            raise BodyErrors([TOO_DEEP]) from exc
         except (ValueError, UnicodeDecodeError) as exc:
             pos = getattr(exc, "pos", getattr(exc, "start", 0))
             error = getattr(exc, "msg", str(exc))

@@ -10,6 +10,7 @@ import argparse
 import os
 import shutil
 import sys
+import warnings
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,6 +23,11 @@ from exampass_pipeline.settings import Settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Headless runs print what happened at the end; the step-by-step DEBUG stream stays in the Dagster UI.
 CONSOLE_WARNINGS_ONLY = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _quiet_beta_warnings() -> None:
+    # dagster-mlflow is "beta" and says so on every import and run; on a terminal that drowns the metrics.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
@@ -109,6 +115,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--if-no-champion", action="store_true", help="do nothing when a champion exists")
     parser.add_argument("--candidate-set", default="default", help="modeling.CANDIDATE_SETS key")
     args = parser.parse_args(argv)
+    _quiet_beta_warnings()
     settings = Settings.from_env()
     registry.configure(settings)
     if args.if_no_champion and registry.champion_version() is not None:
@@ -122,27 +129,53 @@ def train_main(argv: list[str] | None = None) -> int:
     return _print_training(result)
 
 
-def _days(start: str, end: str) -> list[date]:
-    first, last = date.fromisoformat(start), date.fromisoformat(end)
+def _day(text: str) -> date:
+    """argparse type: a calendar day, so a typo is a usage error naming the argument, not a traceback."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD ({exc})") from None
+
+
+def _backfill_days(parser: argparse.ArgumentParser, first: date, last: date) -> list[date]:
+    """Every day of the range, refused up front unless all are partitions Dagster knows.
+
+    Checking before the first run means a range that runs past the last complete day (or starts before the
+    partitions do) fails with one clear message, instead of re-monitoring half the range and then crashing.
+    """
+    from exampass_pipeline.assets.ingest import PARTITIONS_START_ENV, daily_partitions
+
     if last < first:
-        raise SystemExit(f"end {end} is before start {start}")
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        parser.error(f"end: {last} is before start {first}")
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    known = daily_partitions.get_partition_keys()
+    known_set = set(known)
+    outside = [d for d in days if d.isoformat() not in known_set]
+    if outside:
+        span = f"{known[0]} .. {known[-1]}" if known else "none yet"
+        parser.error(
+            f"start/end: {outside[0]} is not a daily partition. Partitions run from the first day "
+            f"({PARTITIONS_START_ENV}) to the last complete day: {span}"
+        )
+    return days
 
 
 def backfill_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Re-ingest and re-monitor every day in a range, then retrain once on the grown table."
     )
-    parser.add_argument("start", help="first day, YYYY-MM-DD")
-    parser.add_argument("end", help="last day, YYYY-MM-DD (inclusive)")
+    parser.add_argument("start", type=_day, help="first day, YYYY-MM-DD")
+    parser.add_argument("end", type=_day, help="last day, YYYY-MM-DD (inclusive)")
     parser.add_argument("--no-retrain", action="store_true", help="only re-ingest and re-monitor")
     args = parser.parse_args(argv)
+    days = _backfill_days(parser, args.start, args.end)
+    _quiet_beta_warnings()
     settings = Settings.from_env()
     registry.configure(settings)
     instance = instance_for(settings)
     failed_checks: list[str] = []
     status = 0
-    for day in tqdm(_days(args.start, args.end), desc="monitoring", unit="day"):
+    for day in tqdm(days, desc="monitoring", unit="day"):
         result = materialize_monitoring(instance, settings, day.isoformat())
         if not result.success:
             status = 1

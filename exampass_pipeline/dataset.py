@@ -77,7 +77,7 @@ def _typed(frame: pd.DataFrame, path: Path | str) -> pd.DataFrame:
         bad = ~values.isin(schema.CATEGORIES[name])
         for idx in values[bad].index[:5]:
             problems.append(
-                f"row {idx + 2}, column {name}: unknown category {values[idx]!r}; allowed: "
+                f"row {idx + 2}, column {name}: unknown category {schema.shown(values[idx])}; allowed: "
                 + ", ".join(map(repr, schema.CATEGORIES[name]))
             )
         out[name] = values
@@ -85,7 +85,7 @@ def _typed(frame: pd.DataFrame, path: Path | str) -> pd.DataFrame:
         numbers = pd.to_numeric(frame[name].astype(str).str.strip(), errors="coerce")
         non_numeric = numbers.isna()
         for idx in numbers[non_numeric].index[:5]:
-            problems.append(f"row {idx + 2}, column {name}: {frame[name][idx]!r} is not a number")
+            problems.append(f"row {idx + 2}, column {name}: {schema.shown(frame[name][idx])} is not a number")
         out_of_range = ~non_numeric & ((numbers < schema.SCORE_MIN) | (numbers > schema.SCORE_MAX))
         for idx in numbers[out_of_range].index[:5]:
             problems.append(
@@ -93,7 +93,7 @@ def _typed(frame: pd.DataFrame, path: Path | str) -> pd.DataFrame:
             )
         fractional = ~non_numeric & ~out_of_range & (numbers != numbers.round())
         for idx in numbers[fractional].index[:5]:
-            problems.append(f"row {idx + 2}, column {name}: {frame[name][idx]!r} is not a whole number")
+            problems.append(f"row {idx + 2}, column {name}: {schema.shown(frame[name][idx])} is not a whole number")
         out[name] = numbers
     if problems:
         more = "" if len(problems) <= 10 else f" (and {len(problems) - 10} more)"

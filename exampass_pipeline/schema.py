@@ -100,6 +100,15 @@ class FieldError:
         return f"{self.field}: {self.reason}"
 
 
+SHOWN_MAX_CHARS = 60
+
+
+def shown(value: object) -> str:
+    """repr() for an error message, cut short: a rejected 100 kB string must not be echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX_CHARS else f"{text[: SHOWN_MAX_CHARS - 5]}...{text[-2:]}"
+
+
 def validate_record(record: Mapping[str, object], *, require_math: bool = False) -> list[FieldError]:
     """Check one student against the schema.
 
@@ -116,7 +125,9 @@ def validate_record(record: Mapping[str, object], *, require_math: bool = False)
             allowed = CATEGORIES[name]
             if value not in allowed:
                 errors.append(
-                    FieldError(name, f"unknown category {value!r}; allowed: {', '.join(map(repr, allowed))}")
+                    FieldError(
+                        name, f"unknown category {shown(value)}; allowed: {', '.join(map(repr, allowed))}"
+                    )
                 )
         else:
             err = score_error(value)
@@ -128,15 +139,15 @@ def validate_record(record: Mapping[str, object], *, require_math: bool = False)
 def score_error(value: object) -> str | None:
     """Why a value is not a valid score, or None. Scores are whole points from 0 to 100."""
     if isinstance(value, bool):
-        return f"{value!r} is not a number"
+        return f"{shown(value)} is not a number"
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return f"{value!r} is not a number"
+        return f"{shown(value)} is not a number"
     if number != number or number in (float("inf"), float("-inf")):
-        return f"{value!r} is not a finite number"
+        return f"{shown(value)} is not a finite number"
     if number != int(number):
-        return f"{value!r} is not a whole number"
+        return f"{shown(value)} is not a whole number"
     if not SCORE_MIN <= number <= SCORE_MAX:
-        return f"{value!r} is outside {SCORE_MIN}-{SCORE_MAX}"
+        return f"{shown(value)} is outside {SCORE_MIN}-{SCORE_MAX}"
     return None

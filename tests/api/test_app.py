@@ -166,6 +166,9 @@ BAD_INPUTS: list[tuple[str, Any, str | None, int, str, list[str] | None]] = [
     ("malformed-json", _raw('{"gender": "female",'), "json", 422, "body", None),
     ("array-body", _raw(json.dumps([STUDENT])), "json", 422, "body", FEATURES),
     ("null-body", _raw("null"), "json", 422, "body", FEATURES),
+    ("not-utf8", (b'{"gender": "f\xffmale"}', "application/json"), "raw", 422, "body", None),
+    ("nested-100k-deep", _raw("[" * 100_000 + "]" * 100_000), "json", 422, "body", None),
+    ("huge-category", {**STUDENT, "gender": "x" * 100_000}, None, 422, "gender", _ALLOWED_GENDER),
     ("text-plain", (json.dumps(STUDENT).encode(), "text/plain"), "raw", 415, "Content-Type", None),
     ("form", (b"gender=female", "application/x-www-form-urlencoded"), "raw", 415, "Content-Type", None),
     ("no-content-type", (json.dumps(STUDENT).encode(), None), "raw", 415, "Content-Type", None),
@@ -290,6 +293,32 @@ def test_bad_batches_are_422_and_nothing_is_logged(
     assert field in {e["field"] for e in response.json()["errors"]}
     assert field in response.json()["detail"]
     assert len(lines()) == before
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch", "/feedback"])
+def test_absurdly_nested_json_is_422_on_every_endpoint_and_nothing_is_logged(
+    client: TestClient, lines: Any, served: tuple[TestClient, Path], path: str
+) -> None:
+    logs = served[1]
+    before = len(lines()), sorted(p.stat().st_size for p in logs.rglob("*.jsonl"))
+    for body in ("[" * 5_000 + "]" * 5_000, '{"students": ' + "[" * 100_000 + "]" * 100_000 + "}"):
+        response = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"] == [
+            {"field": "body", "reason": "JSON nested too deeply; send a flat JSON object per student"}
+        ]
+    assert (len(lines()), sorted(p.stat().st_size for p in logs.rglob("*.jsonl"))) == before
+
+
+def test_a_huge_rejected_value_is_not_echoed_back_whole(client: TestClient) -> None:
+    response = client.post(
+        "/predict", json={**STUDENT, "gender": "x" * 100_000, "reading_score": "9" * 5_000}
+    )
+    assert response.status_code == 422
+    assert len(response.content) < 2_000
+    reasons = {e["field"]: e["reason"] for e in response.json()["errors"]}
+    assert reasons["gender"].startswith("unknown category 'xxxxx") and "...x'" in reasons["gender"]
+    assert reasons["reading_score"].endswith("...9' is a string; send a whole number")
 
 
 def test_batch_non_finite_score_names_the_field(client: TestClient) -> None:
