@@ -27,8 +27,11 @@ def _log_config(level: str) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
-    settings = Settings.from_env()
     parser = argparse.ArgumentParser(prog="exampass-api", description="Serve the ExamPass champion model.")
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a malformed EXAMPASS_API_* variable, named in the message
+        parser.error(str(exc))
     parser.add_argument("--host", default=settings.api_host, help="default: EXAMPASS_API_HOST or 127.0.0.1")
     parser.add_argument(
         "--port", type=int, default=settings.api_port, help="default: EXAMPASS_API_PORT or 8000"

@@ -13,7 +13,7 @@ from dagster_duckdb import DuckDBResource
 from exampass_pipeline import modeling, schema
 from exampass_pipeline.alerts import Alerter
 from exampass_pipeline.assets.training import ROW_ID
-from exampass_pipeline.resources import Thresholds
+from exampass_pipeline.resources import Thresholds, threshold_env_var
 
 SEVERITY = {dg.AssetCheckSeverity.ERROR: "ERROR", dg.AssetCheckSeverity.WARN: "WARN"}
 
@@ -136,7 +136,10 @@ def students_min_rows(
         asset="students",
         check_name="students_min_rows",
         passed=ok,
-        message=f"{n} rows; the minimum is {thresholds.min_student_rows}",
+        message=(
+            f"{n} rows; the minimum is {thresholds.min_student_rows} "
+            f"(set {threshold_env_var('min_student_rows')} to change it)"
+        ),
         metadata={"rows": n, "min_rows": thresholds.min_student_rows},
     )
 
@@ -158,7 +161,10 @@ def students_pass_rate(
         asset="students",
         check_name="students_pass_rate",
         passed=ok,
-        message=f"pass rate {rate:.3f}; allowed band {thresholds.pass_rate_min}-{thresholds.pass_rate_max}",
+        message=(
+            f"pass rate {rate:.3f}; allowed band {thresholds.pass_rate_min}-{thresholds.pass_rate_max} "
+            f"({threshold_env_var('pass_rate_min')}, {threshold_env_var('pass_rate_max')})"
+        ),
         metadata={"pass_rate": rate, "min": thresholds.pass_rate_min, "max": thresholds.pass_rate_max},
     )
 

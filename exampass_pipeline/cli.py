@@ -108,6 +108,17 @@ def _print_training(result: dg.ExecuteInProcessResult) -> int:
     return 0
 
 
+def _settings(parser: argparse.ArgumentParser) -> Settings:
+    """Settings and thresholds from the environment, a bad value being a usage error that names its variable."""
+    from exampass_pipeline.resources import thresholds_from_env
+
+    try:
+        thresholds_from_env()
+        return Settings.from_env()
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Materialize the ExamPass training assets and print test metrics."
@@ -116,7 +127,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate-set", default="default", help="modeling.CANDIDATE_SETS key")
     args = parser.parse_args(argv)
     _quiet_beta_warnings()
-    settings = Settings.from_env()
+    settings = _settings(parser)
     registry.configure(settings)
     if args.if_no_champion and registry.champion_version() is not None:
         print(f"champion exists: {registry.champion_version().version}; skipping training")  # type: ignore[union-attr]
@@ -170,7 +181,7 @@ def backfill_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     days = _backfill_days(parser, args.start, args.end)
     _quiet_beta_warnings()
-    settings = Settings.from_env()
+    settings = _settings(parser)
     registry.configure(settings)
     instance = instance_for(settings)
     failed_checks: list[str] = []

@@ -93,7 +93,9 @@ def _typed(frame: pd.DataFrame, path: Path | str) -> pd.DataFrame:
             )
         fractional = ~non_numeric & ~out_of_range & (numbers != numbers.round())
         for idx in numbers[fractional].index[:5]:
-            problems.append(f"row {idx + 2}, column {name}: {schema.shown(frame[name][idx])} is not a whole number")
+            problems.append(
+                f"row {idx + 2}, column {name}: {schema.shown(frame[name][idx])} is not a whole number"
+            )
         out[name] = numbers
     if problems:
         more = "" if len(problems) <= 10 else f" (and {len(problems) - 10} more)"

@@ -6,6 +6,7 @@ path (Postgres, an MLflow server, object storage) is a change of environment var
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from dagster_mlflow.resources import CONFIG_SCHEMA
 from mlflow.entities import RunStatus
 
 from exampass_pipeline import registry
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.settings import Settings, env_number
 
 WAREHOUSE_SCHEMA = "exampass"
 
@@ -51,7 +52,11 @@ class ExamPassPaths(dg.ConfigurableResource):
 
 
 class Thresholds(dg.ConfigurableResource):
-    """Every number an asset check judges by, in one place so operators can tune them without code."""
+    """Every number an asset check judges by, in one place so operators can tune them without code.
+
+    Each field can be set by the environment variable EXAMPASS_<FIELD> (see threshold_env_var), for the
+    CLI, `make run` and the webserver alike.
+    """
 
     min_student_rows: int = 500
     pass_rate_min: float = 0.70
@@ -63,6 +68,21 @@ class Thresholds(dg.ConfigurableResource):
     quality_min_labelled: int = 50
     segment_max_gap: float = 0.20
     segment_min_fail: int = 5
+
+
+def threshold_env_var(field: str) -> str:
+    """The variable that overrides one Thresholds field, e.g. min_student_rows -> EXAMPASS_MIN_STUDENT_ROWS."""
+    return f"EXAMPASS_{field.upper()}"
+
+
+def thresholds_from_env() -> Thresholds:
+    """The default thresholds with every field whose EXAMPASS_<FIELD> variable is set replaced by it."""
+    overrides: dict[str, Any] = {}
+    for name, field in Thresholds.model_fields.items():
+        var = threshold_env_var(name)
+        if os.environ.get(var, "").strip():
+            overrides[name] = env_number(var, "", field.annotation)  # type: ignore[arg-type]
+    return Thresholds(**overrides)
 
 
 @dg.resource(config_schema=CONFIG_SCHEMA)
@@ -110,7 +130,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             reports_dir=str(settings.reports_dir),
             mlflow_ui_url=settings_mlflow_ui(settings),
         ),
-        "thresholds": Thresholds(),
+        "thresholds": thresholds_from_env(),
         "alerter": _alerter(settings),
     }
 

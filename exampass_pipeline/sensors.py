@@ -6,13 +6,13 @@ the same failure. A cooldown stops a burst of failing days (a backfill) from que
 """
 
 import json
-import os
 import time
 
 import dagster as dg
 
 from exampass_pipeline.assets.monitoring import MODEL_QUALITY, NO_DATA_DRIFT, PREDICTION_DRIFT
 from exampass_pipeline.jobs import retrain_job
+from exampass_pipeline.settings import env_number
 
 WATCHED_CHECKS: tuple[dg.AssetCheckKey, ...] = (
     dg.AssetCheckKey(dg.AssetKey("drift_report"), NO_DATA_DRIFT),
@@ -23,7 +23,7 @@ COOLDOWN_ENV = "EXAMPASS_RETRAIN_COOLDOWN_S"
 
 
 def _cooldown_s() -> float:
-    return float(os.environ.get(COOLDOWN_ENV, "3600"))
+    return float(env_number(COOLDOWN_ENV, "3600", float))
 
 
 def _failed(record: object) -> bool:

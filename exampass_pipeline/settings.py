@@ -20,6 +20,16 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def env_number(name: str, default: str, kind: type[int] | type[float]) -> int | float:
+    """A numeric setting; a typo names the variable, instead of int()'s bare message from deep in a stack."""
+    text = _env(name, default)
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name}: {text!r} is not {what}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings for one process."""
@@ -65,9 +75,9 @@ class Settings:
             reports_dir=Path(_env("EXAMPASS_REPORTS", str(home / "reports"))).expanduser().absolute(),
             alert_webhook=os.environ.get("EXAMPASS_ALERT_WEBHOOK") or None,
             api_host=_env("EXAMPASS_API_HOST", "127.0.0.1"),
-            api_port=int(_env("EXAMPASS_API_PORT", "8000")),
-            api_workers=int(_env("EXAMPASS_API_WORKERS", "1")),
-            model_poll_s=float(_env("EXAMPASS_MODEL_POLL_S", "30")),
+            api_port=int(env_number("EXAMPASS_API_PORT", "8000", int)),
+            api_workers=int(env_number("EXAMPASS_API_WORKERS", "1", int)),
+            model_poll_s=float(env_number("EXAMPASS_MODEL_POLL_S", "30", float)),
         )
 
     def ensure_dirs(self) -> None:

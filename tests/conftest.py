@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exampass_pipeline.resources import Thresholds, threshold_env_var
 from exampass_pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def exampass_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_csv: Pat
         "EXAMPASS_LOGS",
         "EXAMPASS_REPORTS",
         "EXAMPASS_ALERT_WEBHOOK",
+        *(threshold_env_var(field) for field in Thresholds.model_fields),
     ):
         monkeypatch.delenv(name, raising=False)
     settings = Settings.from_env()

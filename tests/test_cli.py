@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 
 from exampass_pipeline.assets.ingest import daily_partitions
-from exampass_pipeline.cli import backfill_main
+from exampass_pipeline.cli import backfill_main, train_main
 from exampass_pipeline.settings import Settings
 
 LAST_COMPLETE_DAY = date.fromisoformat(daily_partitions.get_partition_keys()[-1])
@@ -39,3 +39,14 @@ def test_backfill_refuses_a_bad_range_before_any_run(
     # Refused up front: no day was re-monitored, so no warehouse and no Dagster run storage exist.
     assert not exampass_home.duckdb_path.exists()
     assert not (exampass_home.dagster_home / "history").exists()
+
+
+def test_train_refuses_a_malformed_threshold_variable_before_any_run(
+    exampass_home: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXAMPASS_PASS_RATE_MIN", "seventy")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([])
+    assert exit_info.value.code == 2
+    assert "EXAMPASS_PASS_RATE_MIN: 'seventy' is not a number" in capsys.readouterr().err
+    assert not exampass_home.duckdb_path.exists()

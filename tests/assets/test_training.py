@@ -84,14 +84,17 @@ def test_training_graph_registers_a_champion_then_gates_a_weaker_model(exampass_
         assert weak_metrics["test_roc_auc"] < run.data.metrics["test_roc_auc"]
 
 
-def test_blocking_check_stops_training_and_the_mlflow_run_is_ended(exampass_home: Settings) -> None:
-    from exampass_pipeline.resources import Thresholds
-
+def test_blocking_check_stops_training_and_the_mlflow_run_is_ended(
+    exampass_home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set the way an operator would: the environment, read by build_resources.
+    monkeypatch.setenv("EXAMPASS_MIN_STUDENT_ROWS", "5000")
     with dg.instance_for_test() as instance:
-        result = train(instance, exampass_home, thresholds=Thresholds(min_student_rows=5000))
+        result = train(instance, exampass_home)
         assert not result.success
         failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
         assert [e.check_name for e in failed] == ["students_min_rows"]
+        assert "1000 rows; the minimum is 5000 (set EXAMPASS_MIN_STUDENT_ROWS" in str(failed[0].description)
         materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
         assert "pass_classifier" not in materialized
         registry.configure(exampass_home)
