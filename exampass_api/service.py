@@ -212,20 +212,13 @@ class PredictionService:
         order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, : self.top_k]
         top = np.take_along_axis(contributions, order, axis=1)
         version = bundle.version
-        at = datetime.now(UTC)
-        log = self.predlog.log_prediction
+        ids = new_prediction_ids(len(records))
+        probabilities = proba.tolist()
+        decisions = (proba >= bundle.threshold).tolist()
+        self.predlog.log_predictions(records, probabilities, decisions, version, ids, datetime.now(UTC))
         answers = []
-        rows = zip(
-            records,
-            new_prediction_ids(len(records)),
-            proba.tolist(),
-            (proba >= bundle.threshold).tolist(),
-            order.tolist(),
-            top.tolist(),
-            strict=True,
-        )
+        rows = zip(records, ids, probabilities, decisions, order.tolist(), top.tolist(), strict=True)
         for record, prediction_id, p, decision, features, values in rows:
-            log(record, p, decision, version, prediction_id=prediction_id, at=at)
             answers.append(
                 {
                     "prediction_id": prediction_id,

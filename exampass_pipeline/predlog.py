@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -77,16 +77,48 @@ class JsonlAppender:
             return fd
 
     def append(self, record: Mapping[str, Any], at: datetime) -> None:
-        line = encode_record(record)
-        written = os.write(self._fd(at.astimezone(UTC).date()), line)
-        if written != len(line):  # pragma: no cover - only on a full disk
-            raise OSError(f"short write to {self.directory}: {written} of {len(line)} bytes")
+        self.appender(at)(record)
+
+    def appender(self, at: datetime) -> Callable[[Mapping[str, Any]], None]:
+        """A function appending records to ``at``'s day file: for many records stamped at one instant.
+
+        The day and its descriptor are resolved once; each record is still its own single ``write``.
+        """
+        fd = self._fd(at.astimezone(UTC).date())
+        directory = self.directory
+
+        def append(record: Mapping[str, Any]) -> None:
+            line = encode_record(record)
+            written = os.write(fd, line)
+            if written != len(line):  # pragma: no cover - only on a full disk
+                raise OSError(f"short write to {directory}: {written} of {len(line)} bytes")
+
+        return append
 
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+def _prediction_record(
+    prediction_id: str,
+    timestamp: str,
+    model_version: str,
+    inputs: Mapping[str, Any],
+    pass_probability: float,
+    predicted_pass: bool,
+) -> dict[str, Any]:
+    """The one layout of a prediction line; monitoring's reader and the API's tests rely on it."""
+    return {
+        "prediction_id": prediction_id,
+        "timestamp": timestamp,
+        "model_version": model_version,
+        "inputs": {name: inputs[name] for name in schema.FEATURES},
+        "pass_probability": float(pass_probability),
+        "predicted_pass": bool(predicted_pass),
+    }
 
 
 class PredictionLog:
@@ -107,16 +139,38 @@ class PredictionLog:
         at: datetime | None = None,
     ) -> dict[str, Any]:
         at = at or utc_now()
-        record = {
-            "prediction_id": prediction_id or str(uuid.uuid4()),
-            "timestamp": at.astimezone(UTC).isoformat(),
-            "model_version": str(model_version),
-            "inputs": {name: inputs[name] for name in schema.FEATURES},
-            "pass_probability": float(pass_probability),
-            "predicted_pass": bool(predicted_pass),
-        }
+        record = _prediction_record(
+            prediction_id or str(uuid.uuid4()),
+            at.astimezone(UTC).isoformat(),
+            str(model_version),
+            inputs,
+            pass_probability,
+            predicted_pass,
+        )
         self.predictions.append(record, at)
         return record
+
+    def log_predictions(
+        self,
+        inputs: Iterable[Mapping[str, Any]],
+        pass_probabilities: Iterable[float],
+        predicted_passes: Iterable[bool],
+        model_version: str,
+        prediction_ids: Iterable[str],
+        at: datetime,
+    ) -> None:
+        """Many predictions made at one instant (a batch request): log_prediction's records, one write each.
+
+        The timestamp text and the day file are worked out once instead of once per row, which was a third
+        of the cost of a 1,000-student batch.
+        """
+        stamp = at.astimezone(UTC).isoformat()
+        version = str(model_version)
+        append = self.predictions.appender(at)
+        for row, p, decision, prediction_id in zip(
+            inputs, pass_probabilities, predicted_passes, prediction_ids, strict=True
+        ):
+            append(_prediction_record(prediction_id, stamp, version, row, p, decision))
 
     def log_feedback(
         self, prediction_id: str, math_score: int, *, at: datetime | None = None

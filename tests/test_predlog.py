@@ -36,6 +36,24 @@ def _write_many(logs_dir: str, n: int) -> None:
     log.close()
 
 
+def test_a_logged_batch_is_byte_identical_to_logging_each_row(tmp_path: Path) -> None:
+    rows = [{**STUDENT, "reading_score": r, "extra": "dropped"} for r in (0, 55, 100)]
+    probabilities = [1e-5, 0.5, 0.9999]  # 1e-5 takes the json.dumps path, the others orjson
+    decisions = [False, True, True]
+    ids = [str(uuid.uuid4()) for _ in rows]
+    when = datetime(2026, 11, 20, 23, 59, 59, 999_999, tzinfo=UTC)
+    one, many = predlog.PredictionLog(tmp_path / "one"), predlog.PredictionLog(tmp_path / "many")
+    for row, p, d, pid in zip(rows, probabilities, decisions, ids, strict=True):
+        one.log_prediction(row, p, d, "7", prediction_id=pid, at=when)
+    many.log_predictions(rows, probabilities, decisions, "7", ids, when)
+    one.close()
+    many.close()
+    name = predlog.day_file(Path(predlog.PREDICTIONS), DAY)
+    expected = (tmp_path / "one" / name).read_bytes()
+    assert (tmp_path / "many" / name).read_bytes() == expected
+    assert expected.count(b"\n") == 3 and b"dropped" not in expected
+
+
 def test_concurrent_threads_and_processes_never_tear_lines(tmp_path: Path) -> None:
     log = predlog.PredictionLog(tmp_path)
     threads = [
