@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONSOLE_WARNINGS_ONLY = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def _quiet_beta_warnings() -> None:
+def quiet_beta_warnings() -> None:
     # dagster-mlflow is "beta" and says so on every import and run; on a terminal that drowns the metrics.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
@@ -108,7 +108,7 @@ def _print_training(result: dg.ExecuteInProcessResult) -> int:
     return 0
 
 
-def _settings(parser: argparse.ArgumentParser) -> Settings:
+def settings_from_env(parser: argparse.ArgumentParser) -> Settings:
     """Settings and thresholds from the environment, a bad value being a usage error that names its variable."""
     from exampass_pipeline.resources import thresholds_from_env
 
@@ -126,8 +126,8 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--if-no-champion", action="store_true", help="do nothing when a champion exists")
     parser.add_argument("--candidate-set", default="default", help="modeling.CANDIDATE_SETS key")
     args = parser.parse_args(argv)
-    _quiet_beta_warnings()
-    settings = _settings(parser)
+    quiet_beta_warnings()
+    settings = settings_from_env(parser)
     registry.configure(settings)
     if args.if_no_champion and registry.champion_version() is not None:
         print(f"champion exists: {registry.champion_version().version}; skipping training")  # type: ignore[union-attr]
@@ -180,8 +180,8 @@ def backfill_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-retrain", action="store_true", help="only re-ingest and re-monitor")
     args = parser.parse_args(argv)
     days = _backfill_days(parser, args.start, args.end)
-    _quiet_beta_warnings()
-    settings = _settings(parser)
+    quiet_beta_warnings()
+    settings = settings_from_env(parser)
     registry.configure(settings)
     instance = instance_for(settings)
     failed_checks: list[str] = []

@@ -26,7 +26,13 @@ import duckdb
 import httpx
 
 from exampass_pipeline import registry, simulate, synthetic
-from exampass_pipeline.cli import instance_for, materialize_monitoring, materialize_training
+from exampass_pipeline.cli import (
+    instance_for,
+    materialize_monitoring,
+    materialize_training,
+    quiet_beta_warnings,
+    settings_from_env,
+)
 from exampass_pipeline.settings import Settings
 
 
@@ -282,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-day", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    story = run_story(
-        Settings.from_env(), scenario=args.scenario, rows_per_day=args.rows_per_day, seed=args.seed
-    )
+    if args.rows_per_day < 1:
+        parser.error(f"--rows-per-day: must be at least 1, got {args.rows_per_day}")
+    quiet_beta_warnings()
+    settings = settings_from_env(parser)
+    story = run_story(settings, scenario=args.scenario, rows_per_day=args.rows_per_day, seed=args.seed)
     return 0 if story.retrain_success else 1
