@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,13 @@ from typing import Any
 
 # Module level on purpose: with postponed annotations FastAPI resolves the endpoint's parameter type here.
 from exampass_api.schemas import StudentIn  # noqa: E402
+from exampass_pipeline.demo import free_port  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_CSV = (REPO_ROOT / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
+sys.path.insert(0, str(REPO_ROOT))  # runnable as a plain script from any directory
+from benchmarks.model_quality import DEFAULT_DATA, load_students  # noqa: E402
+
+REAL_CSV = DEFAULT_DATA.resolve()
 PYTHON = sys.executable
 BATCH_ROWS = 1000
 
@@ -189,12 +192,6 @@ class Result:
     failures: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
     import httpx
 
@@ -286,14 +283,14 @@ def train_champion(home: Path, candidate_set: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from threadpoolctl import threadpool_limits
 
-    from exampass_pipeline import dataset, modeling, registry, schema
+    from exampass_pipeline import modeling, registry, schema
     from exampass_pipeline.settings import Settings
 
     os.environ["EXAMPASS_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     settings = Settings.from_env()
     registry.configure(settings)
-    students = dataset.clean_students(dataset.read_students_csv(REAL_CSV), source="kaggle")
+    students = load_students(REAL_CSV)
     splits = modeling.split_students(students, seed=42)
     with threadpool_limits(limits=1):
         selection = modeling.train_and_select(splits.train, splits.validation, candidate_set=candidate_set)

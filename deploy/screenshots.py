@@ -41,6 +41,7 @@ from exampass_pipeline.demo import WebhookReceiver, free_port
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a sandbox-less CI container with no network: nothing may phone home or wait for a GPU.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from exampass_pipeline import registry, schema
 from exampass_pipeline.settings import Settings
+from exampass_pipeline.simulate import day_arg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Headless runs print what happened at the end; the step-by-step DEBUG stream stays in the Dagster UI.
@@ -140,14 +141,6 @@ def train_main(argv: list[str] | None = None) -> int:
     return _print_training(result)
 
 
-def _day(text: str) -> date:
-    """argparse type: a calendar day, so a typo is a usage error naming the argument, not a traceback."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD ({exc})") from None
-
-
 def _backfill_days(parser: argparse.ArgumentParser, first: date, last: date) -> list[date]:
     """Every day of the range, refused up front unless all are partitions Dagster knows.
 
@@ -175,8 +168,8 @@ def backfill_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Re-ingest and re-monitor every day in a range, then retrain once on the grown table."
     )
-    parser.add_argument("start", type=_day, help="first day, YYYY-MM-DD")
-    parser.add_argument("end", type=_day, help="last day, YYYY-MM-DD (inclusive)")
+    parser.add_argument("start", type=day_arg, help="first day, YYYY-MM-DD")
+    parser.add_argument("end", type=day_arg, help="last day, YYYY-MM-DD (inclusive)")
     parser.add_argument("--no-retrain", action="store_true", help="only re-ingest and re-monitor")
     args = parser.parse_args(argv)
     days = _backfill_days(parser, args.start, args.end)

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,23 +78,20 @@ class JsonlAppender:
             return fd
 
     def append(self, record: Mapping[str, Any], at: datetime) -> None:
-        self.appender(at)(record)
+        self._write(self._fd(at.astimezone(UTC).date()), record)
 
     def appender(self, at: datetime) -> Callable[[Mapping[str, Any]], None]:
         """A function appending records to ``at``'s day file: for many records stamped at one instant.
 
         The day and its descriptor are resolved once; each record is still its own single ``write``.
         """
-        fd = self._fd(at.astimezone(UTC).date())
-        directory = self.directory
+        return partial(self._write, self._fd(at.astimezone(UTC).date()))
 
-        def append(record: Mapping[str, Any]) -> None:
-            line = encode_record(record)
-            written = os.write(fd, line)
-            if written != len(line):  # pragma: no cover - only on a full disk
-                raise OSError(f"short write to {directory}: {written} of {len(line)} bytes")
-
-        return append
+    def _write(self, fd: int, record: Mapping[str, Any]) -> None:
+        line = encode_record(record)
+        written = os.write(fd, line)
+        if written != len(line):  # pragma: no cover - only on a full disk
+            raise OSError(f"short write to {self.directory}: {written} of {len(line)} bytes")
 
     def close(self) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ import argparse
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -298,7 +298,8 @@ def drive_api(
     return summary
 
 
-def _date(text: str) -> date:
+def day_arg(text: str) -> date:
+    """argparse type for a calendar day: a typo becomes a usage error naming the argument, not a traceback."""
     try:
         return date.fromisoformat(text)
     except ValueError as exc:
@@ -315,24 +316,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return value
+def _number_between(low: float, high: float, unit: str = "") -> Callable[[str], float]:
+    """argparse type for a number in [low, high]; the error names the bounds (and their unit)."""
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low:g} and {high:g}{unit}")
+        return value
 
-def _delay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
-    if not 0.0 <= value <= MAX_FEEDBACK_DELAY_DAYS:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and {MAX_FEEDBACK_DELAY_DAYS} days")
-    return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scenario", choices=synthetic.SCENARIOS, default="none", help="drift scenario")
     parser.add_argument(
-        "--feedback-rate", type=_rate, default=1.0, help="share of predictions that get feedback"
+        "--feedback-rate",
+        type=_number_between(0.0, 1.0),
+        default=1.0,
+        help="share of predictions that get feedback",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh randomness)")
     api = parser.add_argument_group("--api mode")
@@ -360,17 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     logs = parser.add_argument_group("--write-logs mode")
     logs.add_argument("--days", type=_positive_int, default=7, help="number of days (default 7)")
     logs.add_argument(
-        "--end-date", type=_date, default=None, help="last day, YYYY-MM-DD (default: yesterday UTC)"
+        "--end-date", type=day_arg, default=None, help="last day, YYYY-MM-DD (default: yesterday UTC)"
     )
     logs.add_argument(
         "--rows-per-day", type=_positive_int, default=200, help="predictions per day (default 200)"
     )
     logs.add_argument(
-        "--drift-start", type=_date, default=None, help="first day of the scenario; earlier days use 'none'"
+        "--drift-start", type=day_arg, default=None, help="first day of the scenario; earlier days use 'none'"
     )
     logs.add_argument(
         "--feedback-delay-days",
-        type=_delay,
+        type=_number_between(0.0, MAX_FEEDBACK_DELAY_DAYS, " days"),
         default=2.0,
         help=f"labels come 0..N days after a prediction (default 2, max {MAX_FEEDBACK_DELAY_DAYS})",
     )

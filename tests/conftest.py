@@ -6,40 +6,32 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from support import point_at_home, require_real_csv
 
-from exampass_pipeline.resources import Thresholds, threshold_env_var
+from exampass_pipeline import dataset
 from exampass_pipeline.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_CSV = (REPO_ROOT / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
 
 
 @pytest.fixture(scope="session")
 def real_csv() -> Path:
-    if not REAL_CSV.exists():
-        pytest.fail(f"the Kaggle file is expected at {REAL_CSV}")
-    return REAL_CSV
+    return require_real_csv()
+
+
+@pytest.fixture(scope="session")
+def students(real_csv: Path) -> pd.DataFrame:
+    """The real file through the pipeline's own reader: typed columns, pass_math, source "kaggle".
+
+    Shared read-only by the whole session; a test that needs to change it takes a copy.
+    """
+    return dataset.clean_students(dataset.read_students_csv(real_csv), source="kaggle")
 
 
 @pytest.fixture
 def exampass_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_csv: Path) -> Settings:
     """Point every setting at a temp dir: its own Dagster home, MLflow sqlite store, DuckDB file and logs."""
-    home = tmp_path / "exampass"
-    monkeypatch.setenv("EXAMPASS_HOME", str(home))
-    monkeypatch.setenv("EXAMPASS_DATA", str(real_csv))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    for name in (
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_REGISTRY_URI",
-        "EXAMPASS_DUCKDB",
-        "EXAMPASS_LOGS",
-        "EXAMPASS_REPORTS",
-        "EXAMPASS_ALERT_WEBHOOK",
-        *(threshold_env_var(field) for field in Thresholds.model_fields),
-    ):
-        monkeypatch.delenv(name, raising=False)
-    settings = Settings.from_env()
+    settings = point_at_home(monkeypatch, tmp_path / "exampass", EXAMPASS_DATA=str(real_csv))
     settings.ensure_dirs()
     return settings
 
@@ -57,18 +49,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, real_csv: Path) -> P
 
     home = tmp_path_factory.mktemp("trained") / "exampass"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXAMPASS_HOME", str(home))
-        mp.setenv("EXAMPASS_DATA", str(real_csv))
-        for name in (
-            "MLFLOW_TRACKING_URI",
-            "DAGSTER_HOME",
-            "EXAMPASS_DUCKDB",
-            "EXAMPASS_LOGS",
-            "EXAMPASS_REPORTS",
-            "EXAMPASS_ALERT_WEBHOOK",
-        ):
-            mp.delenv(name, raising=False)
-        settings = Settings.from_env()
+        settings = point_at_home(mp, home, EXAMPASS_DATA=str(real_csv))
         with dg.instance_for_test() as instance:
             result = materialize_training(instance, settings, candidate_set="fast")
         assert result.success, "training for the shared monitoring fixture failed"

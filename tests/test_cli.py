@@ -16,8 +16,8 @@ LAST_COMPLETE_DAY = date.fromisoformat(daily_partitions.get_partition_keys()[-1]
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["2026-13-01", "2026-13-02"], "argument start: '2026-13-01' is not a day YYYY-MM-DD"),
-        (["2026-11-01", "next tuesday"], "argument end: 'next tuesday' is not a day YYYY-MM-DD"),
+        (["2026-13-01", "2026-13-02"], "argument start: '2026-13-01' is not a date (YYYY-MM-DD)"),
+        (["2026-11-01", "next tuesday"], "argument end: 'next tuesday' is not a date (YYYY-MM-DD)"),
         (["2026-11-05", "2026-11-01"], "end: 2026-11-01 is before start 2026-11-05"),
         (["1990-01-01", "2026-01-02"], "start/end: 1990-01-01 is not a daily partition"),
         (

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from support import REPO_ROOT
 
 from exampass_pipeline.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_ASSETS = {
     "raw_students",
     "students",

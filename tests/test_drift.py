@@ -5,7 +5,6 @@ construction."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,13 +14,6 @@ from scipy import stats
 from exampass_pipeline import drift, modeling, schema
 
 N_BATCHES = 200
-
-
-@pytest.fixture(scope="module")
-def students(real_csv: Path) -> pd.DataFrame:
-    frame = pd.read_csv(real_csv).rename(columns=schema.KAGGLE_HEADER)
-    frame[schema.LABEL] = frame[schema.MATH_SCORE].map(schema.pass_math)
-    return frame
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,6 @@ ALLOWED_ESTIMATORS = (LogisticRegression, RandomForestClassifier, HistGradientBo
 
 
 @pytest.fixture(scope="module")
-def students(real_csv: Path) -> pd.DataFrame:
-    df = pd.read_csv(real_csv).rename(columns=schema.KAGGLE_HEADER)
-    df[schema.LABEL] = df[schema.MATH_SCORE].map(schema.pass_math).astype(bool)
-    df["source"] = "kaggle"
-    return df
-
-
-@pytest.fixture(scope="module")
 def splits(students: pd.DataFrame) -> modeling.Splits:
     return modeling.split_students(students, seed=42)
 

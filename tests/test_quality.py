@@ -4,7 +4,6 @@ synthetic students: healthy days pass, broken models fail, thin days warn, and u
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,10 +14,8 @@ from exampass_pipeline import modeling, quality, schema, synthetic
 
 
 @pytest.fixture(scope="module")
-def champion(real_csv: Path) -> dict:
+def champion(students: pd.DataFrame) -> dict:
     """A logistic-regression champion: fitted on train, thresholded on validation, scored on test."""
-    students = pd.read_csv(real_csv).rename(columns=schema.KAGGLE_HEADER)
-    students[schema.LABEL] = students[schema.MATH_SCORE].map(schema.pass_math)
     parts = modeling.split_students(students, seed=11)
     model = modeling.CANDIDATES["logistic_regression"](0).fit(
         parts.train[list(schema.FEATURES)], parts.train[schema.LABEL]

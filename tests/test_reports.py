@@ -13,9 +13,7 @@ from exampass_pipeline import drift, modeling, reports, schema, synthetic
 
 
 @pytest.fixture(scope="module")
-def setup(real_csv: Path) -> dict:
-    students = pd.read_csv(real_csv).rename(columns=schema.KAGGLE_HEADER)
-    students[schema.LABEL] = students[schema.MATH_SCORE].map(schema.pass_math)
+def setup(students: pd.DataFrame) -> dict:
     parts = modeling.split_students(students, seed=3)
     model = modeling.CANDIDATES["logistic_regression"](0).fit(
         parts.train[list(schema.FEATURES)], parts.train[schema.LABEL]

@@ -22,28 +22,16 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from support import point_at_home
 
 from exampass_pipeline import predlog, registry, schema, simulate, synthetic
 from exampass_pipeline.settings import Settings
 
 DAYS = [date(2024, 3, 1), date(2024, 3, 2), date(2024, 3, 3)]
-ENV_NAMES = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_REGISTRY_URI",
-    "EXAMPASS_DUCKDB",
-    "EXAMPASS_LOGS",
-    "EXAMPASS_REPORTS",
-    "EXAMPASS_ALERT_WEBHOOK",
-)
 
 
 def _point_env_at(mp: pytest.MonkeyPatch, home: Path) -> Settings:
-    mp.setenv("EXAMPASS_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(home / "dagster"))
-    mp.setenv("EXAMPASS_MODEL_POLL_S", "3600")
-    for name in ENV_NAMES:
-        mp.delenv(name, raising=False)
-    return Settings.from_env()
+    return point_at_home(mp, home, EXAMPASS_MODEL_POLL_S="3600")
 
 
 def _fit_pipeline() -> Pipeline:

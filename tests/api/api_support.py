@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,37 +24,14 @@ import httpx
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from support import REPO_ROOT, STATE_VARS
 
-from exampass_pipeline import modeling, registry, schema
+from exampass_pipeline import modeling, registry
+from exampass_pipeline.demo import free_port
 from exampass_pipeline.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-REAL_CSV = (REPO_ROOT / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
 ALL_CANDIDATES = tuple(modeling.CANDIDATES)
 CHAMPION_THRESHOLD = 0.6
-ENV_NAMES = (
-    "EXAMPASS_HOME",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_REGISTRY_URI",
-    "EXAMPASS_LOGS",
-    "EXAMPASS_MODEL_POLL_S",
-    "EXAMPASS_DUCKDB",
-    "EXAMPASS_REPORTS",
-)
-
-
-def load_students() -> pd.DataFrame:
-    """The Kaggle file with schema names and the label."""
-    frame = pd.read_csv(REAL_CSV).rename(columns=schema.KAGGLE_HEADER)
-    frame[schema.LABEL] = frame[schema.MATH_SCORE].map(schema.pass_math)
-    return frame
-
-
-def pinned_requirements() -> list[str]:
-    """What a model needs at load time, pinned to this environment; skips MLflow's slow inference."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "scipy", "pandas")]
 
 
 def make_empty_registry(path: Path) -> Path:
@@ -86,10 +62,10 @@ def clone_home(source: Path, parent: Path) -> Path:
 @contextlib.contextmanager
 def use_home(home: Path, **extra: str) -> Iterator[Settings]:
     """Point this process's environment and MLflow at one EXAMPASS_HOME; restore everything afterwards."""
-    saved = {name: os.environ.get(name) for name in ENV_NAMES}
+    saved = {name: os.environ.get(name) for name in STATE_VARS}
     previous_uri = mlflow.get_tracking_uri()
     try:
-        for name in ENV_NAMES:
+        for name in STATE_VARS:
             os.environ.pop(name, None)
         os.environ["EXAMPASS_HOME"] = str(home)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
@@ -109,6 +85,7 @@ def use_home(home: Path, **extra: str) -> Iterator[Settings]:
 def register(
     settings: Settings,
     pipeline: Any,
+    students: pd.DataFrame,
     *,
     candidate: str,
     threshold: float = 0.5,
@@ -116,13 +93,10 @@ def register(
 ) -> str:
     """Log, register and (optionally) promote one fitted pipeline the way the training assets do."""
     registry.configure(settings)
-    students = load_students()
     metrics = modeling.evaluate(pipeline, threshold, modeling.split_students(students, seed=42).test)
     with mlflow.start_run():
         mlflow.log_metrics(metrics)
-        info = registry.log_model(
-            pipeline, threshold, students.head(5), candidate=candidate, pip_requirements=pinned_requirements()
-        )
+        info = registry.log_model(pipeline, threshold, students.head(5), candidate=candidate)
     version = str(info.registered_model_version)
     registry.record_decision(MlflowClient(), version, promote, "test")
     return version
@@ -136,12 +110,6 @@ class Registry:
     versions: dict[str, str]  # candidate name -> registered version
     champion: str
     threshold: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -188,7 +156,7 @@ def run_server(settings: Settings, logs_dir: Path, *, poll_s: float = 0.2) -> It
     """``python -m exampass_api`` on a free loopback port, against the given home, until the block ends."""
     port = free_port()
     env = {
-        **{k: v for k, v in os.environ.items() if k not in ENV_NAMES and not k.startswith("MLFLOW_")},
+        **{k: v for k, v in os.environ.items() if k not in STATE_VARS and not k.startswith("MLFLOW_")},
         "EXAMPASS_HOME": str(settings.home),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "EXAMPASS_LOGS": str(logs_dir),

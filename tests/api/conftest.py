@@ -13,9 +13,7 @@ import pytest
 from api_support import (
     ALL_CANDIDATES,
     CHAMPION_THRESHOLD,
-    REAL_CSV,
     Registry,
-    load_students,
     make_empty_registry,
     new_home,
     register,
@@ -24,13 +22,6 @@ from api_support import (
 from threadpoolctl import threadpool_limits
 
 from exampass_pipeline import modeling, schema
-
-
-@pytest.fixture(scope="session")
-def students() -> pd.DataFrame:
-    if not REAL_CSV.exists():
-        pytest.fail(f"the Kaggle file is expected at {REAL_CSV}")
-    return load_students()
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +52,10 @@ def empty_registry_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def api_registry(
-    tmp_path_factory: pytest.TempPathFactory, fitted: dict[str, Any], empty_registry_db: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    fitted: dict[str, Any],
+    empty_registry_db: Path,
+    students: pd.DataFrame,
 ) -> Registry:
     """Every candidate registered once; logistic regression promoted. Enter ``use_home`` to talk to it."""
     home = new_home(tmp_path_factory.mktemp("api-registry"), empty_registry_db)
@@ -70,10 +64,11 @@ def api_registry(
         versions["logistic_regression"] = register(
             settings,
             fitted["logistic_regression"],
+            students,
             candidate="logistic_regression",
             threshold=CHAMPION_THRESHOLD,
         )
         for name in ALL_CANDIDATES:
             if name != "logistic_regression":
-                versions[name] = register(settings, fitted[name], candidate=name, promote=False)
+                versions[name] = register(settings, fitted[name], students, candidate=name, promote=False)
     return Registry(settings, versions, versions["logistic_regression"], CHAMPION_THRESHOLD)

@@ -8,7 +8,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 import pytest
-from api_support import Registry, clone_home, pinned_requirements, use_home
+from api_support import Registry, clone_home, use_home
 from mlflow import MlflowClient
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
@@ -41,9 +41,7 @@ def _register_unservable(students: pd.DataFrame) -> str:
         ]
     ).fit(without_a[list(schema.FEATURES)], without_a[schema.LABEL])
     with mlflow.start_run():
-        info = registry.log_model(
-            pipeline, 0.5, without_a.head(5), candidate="unservable", pip_requirements=pinned_requirements()
-        )
+        info = registry.log_model(pipeline, 0.5, without_a.head(5), candidate="unservable")
     version = str(info.registered_model_version)
     registry.record_decision(MlflowClient(), version, True, "test")
     return version

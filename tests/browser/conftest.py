@@ -13,12 +13,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,65 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REAL_CSV as DATA_CSV
+from support import REPO_ROOT as REPO
+from support import STATE_VARS, load_script, require
 
-REPO = Path(__file__).resolve().parents[2]
-DATA_CSV = (REPO / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
+from exampass_pipeline.demo import free_port
+
+# Chromium's path and flags, and the readiness probe, are the screenshot tool's: one browser set-up.
+_SCREENSHOTS = load_script("deploy/screenshots.py")
+CHROMIUM: Path = _SCREENSHOTS.CHROMIUM
+CHROMIUM_ARGS: list[str] = _SCREENSHOTS.CHROMIUM_ARGS
+http_ok: Callable[[str], bool] = _SCREENSHOTS.http_ok
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
 BIN = Path(sys.executable).parent
-INSTALL_HINT = "run `bash .ci/system-deps.sh` as root to install it"
-# Flags for a sandbox-less CI container with no network: nothing may phone home or wait for a GPU.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-# Environment a child server must not inherit from the developer's shell: it would point at their state.
-EXAMPASS_VARS = (
-    "EXAMPASS_HOME",
-    "EXAMPASS_DATA",
-    "EXAMPASS_DUCKDB",
-    "EXAMPASS_LOGS",
-    "EXAMPASS_REPORTS",
-    "EXAMPASS_ALERT_WEBHOOK",
-    "EXAMPASS_API_HOST",
-    "EXAMPASS_API_PORT",
-    "EXAMPASS_API_WORKERS",
-    "EXAMPASS_MODEL_POLL_S",
-    "DAGSTER_HOME",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_REGISTRY_URI",
-)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def require(ok: bool, reason: str) -> None:
-    """Fail in CI, skip elsewhere: a missing system dependency must never pass silently where it matters."""
-    if ok:
-        return
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: this is a failure, not a skip; {INSTALL_HINT})")
-    pytest.skip(f"{reason}; {INSTALL_HINT}")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     """The parent environment minus any ExamPass/Dagster/MLflow setting, plus a private home and the data."""
-    env = {k: v for k, v in os.environ.items() if k not in EXAMPASS_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in STATE_VARS}
     env.update(
         {
             "EXAMPASS_HOME": str(home),
@@ -161,14 +117,6 @@ class Server:
                 self.proc.wait(timeout=5)
         if self._log is not None:
             self._log.close()
-
-
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback test URL
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @pytest.fixture()
@@ -257,14 +205,6 @@ def port() -> Callable[[], int]:
 def child_env() -> Callable[..., dict[str, str]]:
     """base_env(home, **extra): a server's environment with a private EXAMPASS_HOME and the Kaggle data."""
     return base_env
-
-
-# ------------------------------------------------------------------------------------------------ data
-@pytest.fixture(scope="session")
-def data_csv() -> Path:
-    if not DATA_CSV.exists():
-        pytest.fail(f"the Kaggle file is expected at {DATA_CSV}")
-    return DATA_CSV
 
 
 # -------------------------------------------------------------------------------------------- postgres

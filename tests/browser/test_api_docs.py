@@ -14,20 +14,22 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pandas as pd
 import pytest
+from support import REPO_ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = {"127.0.0.1", "localhost"}
 
 
 @pytest.fixture(scope="module")
 def trained_home(
-    tmp_path_factory: pytest.TempPathFactory, data_csv: Path, child_env: Callable[..., dict[str, str]]
+    tmp_path_factory: pytest.TempPathFactory,
+    students: pd.DataFrame,
+    child_env: Callable[..., dict[str, str]],
 ) -> Iterator[Path]:
     """An EXAMPASS_HOME whose MLflow registry holds a @champion, registered through the registry contract.
 
@@ -38,7 +40,7 @@ def trained_home(
     import mlflow
     from mlflow import MlflowClient
 
-    from exampass_pipeline import dataset, modeling, registry, schema
+    from exampass_pipeline import modeling, registry, schema
     from exampass_pipeline.settings import Settings
 
     home = tmp_path_factory.mktemp("api-docs") / "exampass"
@@ -51,17 +53,11 @@ def trained_home(
             mp.setenv(key, value)
         settings = Settings.from_env()
         experiment_id = registry.configure(settings)
-        students = dataset.clean_students(dataset.read_students_csv(data_csv), "kaggle")
         pipeline = modeling.build_candidates(["logistic_regression"], seed=0)["logistic_regression"]
         pipeline.fit(students[list(schema.FEATURES)], students[schema.LABEL].astype(int))
-        pinned = [
-            f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "scipy", "pandas")
-        ]
         try:
             with mlflow.start_run(experiment_id=experiment_id):
-                info = registry.log_model(
-                    pipeline, 0.5, students, candidate="logistic_regression", pip_requirements=pinned
-                )
+                info = registry.log_model(pipeline, 0.5, students, candidate="logistic_regression")
             registry.record_decision(
                 MlflowClient(), str(info.registered_model_version), True, "registered by the browser test"
             )

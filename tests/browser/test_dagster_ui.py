@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from support import REPO_ROOT as REPO
+
 BIN = Path(sys.executable).parent
 HEALTHCHECK = REPO / "docker" / "healthcheck.py"
 RUN_TIMEOUT_MS = 420_000  # a full training run on a loaded 2-core CI box
@@ -72,7 +73,7 @@ def test_asset_graph_shows_every_asset_and_materialize_all_succeeds(
     child_env: Callable[..., dict[str, str]],
     deploy_home: Callable[[Path], Path],
     dagster_pg_database: Any,
-    data_csv: Path,
+    real_csv: Path,
     snap: Callable[..., Path],
 ) -> None:
     home = tmp_path / "exampass"

@@ -18,23 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-DATA_CSV = (REPO / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
-INSTALL_HINT = "run `bash .ci/system-deps.sh` as root to install it"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def require(ok: bool, reason: str) -> None:
-    """Fail in CI, skip elsewhere: a missing system dependency must never pass silently where it matters."""
-    if ok:
-        return
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true: this is a failure, not a skip; {INSTALL_HINT})")
-    pytest.skip(f"{reason}; {INSTALL_HINT}")
+from support import REPO_ROOT as REPO
+from support import require
 
 
 @pytest.fixture(scope="session")

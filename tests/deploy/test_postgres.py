@@ -5,7 +5,7 @@ loopback PostgreSQL that .ci/system-deps.sh starts, and MLflow's backend store i
 goes through `exampass-train`, the command the README tells operators to run; monitoring through the same
 materialize call the pipeline uses. Then the databases are read directly, so "it ran on Postgres" is a fact.
 
-Without Postgres these tests fail under CI=true (see conftest.require).
+Without Postgres these tests fail under CI=true (see support.require).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-DATA_CSV = (REPO / ".." / "shared" / "data" / "StudentsPerformance.csv").resolve()
+from support import REPO_ROOT as REPO
+from support import require_real_csv
 
 TRAINING_ASSETS = {
     "raw_students",
@@ -39,15 +38,14 @@ def pg_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_server: Any, pg_databases: dict[str, str]
 ) -> dict[str, str]:
     """A fresh EXAMPASS_HOME: Dagster instance from deploy/dagster.yaml on Postgres, MLflow on Postgres."""
-    if not DATA_CSV.exists():
-        pytest.fail(f"the Kaggle file is expected at {DATA_CSV}")
+    data_csv = require_real_csv()
     home = tmp_path / "exampass"
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {
         "EXAMPASS_HOME": str(home),
-        "EXAMPASS_DATA": str(DATA_CSV),
+        "EXAMPASS_DATA": str(data_csv),
         "DAGSTER_HOME": str(dagster_home),
         "MLFLOW_TRACKING_URI": pg_server.url(pg_databases["mlflow"]),
         **pg_server.dagster_env(pg_databases["dagster"], home / "dagster-storage"),
