@@ -12,12 +12,20 @@ export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformanc
 MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
 .PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift \
-	backfill screenshots system-deps clean
+	backfill screenshots system-deps lock-upgrade clean
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+# Installs exactly what uv.lock pins (never resolves afresh). uv comes from PATH, else from the venv, else it is
+# bootstrapped from PyPI into the venv at the version the lock pins; uv never downloads a Python either.
+UV_LOCKED := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' uv.lock)
+UV = $(or $(shell command -v uv 2>/dev/null),$(BIN)/uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+$(STAMP): pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || test -x $(BIN)/uv || { \
+		echo "uv not found: bootstrapping uv==$(UV_LOCKED) from PyPI into $(VENV)"; \
+		$(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q "uv==$(UV_LOCKED)"; }
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -85,6 +93,11 @@ format: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Re-resolve every dependency to the newest versions pyproject.toml allows, then install them (see docs/development.md).
+lock-upgrade:
+	$(UV) lock --upgrade
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
 
 clean:
 	rm -rf $(EXAMPASS_HOME)
