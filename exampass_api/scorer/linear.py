@@ -1,0 +1,108 @@
+"""LogisticRegression, compiled to one table lookup per categorical feature, a dot product and a sigmoid.
+
+Explanation: exact. ``contribution_f = sum_j coef_j * (x_j - r_j)`` over the columns of f, where r is the
+reference student: every score at its training mean (``StandardScaler.mean_``; the pass mark when the
+pipeline does not scale it) and every categorical feature averaged uniformly over its categories (i.e. the
+coefficients centred per feature). They add up to ``logit(p) - reference_log_odds``.
+
+One row is scored in pure Python from dicts keyed by category (``explain_one``): at n=1 numpy's per-call
+overhead costs more than the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from exampass_api.scorer.base import Scorer
+from exampass_api.scorer.encoding import (
+    CATEGORICAL,
+    N_CAT,
+    N_FEATURES,
+    NUMERIC,
+    Design,
+    FloatArray,
+    IndexArray,
+    UnsupportedPipeline,
+    _expit,
+)
+from exampass_pipeline import schema
+
+
+class LinearScorer(Scorer):
+    """LogisticRegression: one table lookup per categorical feature, a dot product, a sigmoid."""
+
+    kind = "linear"
+    method = "exact linear decomposition of the log-odds against the reference student"
+
+    def __init__(self, design: Design, estimator: Any) -> None:
+        coef = np.asarray(estimator.coef_, dtype=np.float64).reshape(-1)
+        if coef.shape[0] != design.width:
+            raise UnsupportedPipeline(
+                f"model expects {coef.shape[0]} columns, the encoder makes {design.width}"
+            )
+        self.design = design
+        self.intercept = float(np.asarray(estimator.intercept_).reshape(-1)[0])
+        # Per categorical feature: the log-odds each category adds, and their mean (the reference).
+        self.cat_weights = [table @ coef for table in design.cat_tables]
+        self.cat_means = np.array([w.mean() for w in self.cat_weights])
+        self.cat_centered = [w - w.mean() for w in self.cat_weights]
+        self._cat_py = [
+            dict(zip(schema.CATEGORIES[n], w.tolist(), strict=True))
+            for n, w in zip(CATEGORICAL, self.cat_weights, strict=True)
+        ]
+        self._cat_centered_py = [
+            dict(zip(schema.CATEGORIES[n], w.tolist(), strict=True))
+            for n, w in zip(CATEGORICAL, self.cat_centered, strict=True)
+        ]
+        self.numeric = [(c.feature, float(coef[c.column]), c.shift, c.scale) for c in design.numeric]
+        self._numeric_py = [(NUMERIC[i], i, w, shift, scale) for i, w, shift, scale in self.numeric]
+        self.ref_z = [
+            (w, (float(design.numeric_reference[i]) - shift) / scale) for i, w, shift, scale in self.numeric
+        ]
+        self.reference_log_odds = (
+            self.intercept + float(self.cat_means.sum()) + sum(w * z for w, z in self.ref_z)
+        )
+
+    def _logit_and_contrib(self, codes: IndexArray, nums: FloatArray) -> tuple[FloatArray, FloatArray]:
+        n = codes.shape[0]
+        contrib = np.zeros((n, N_FEATURES), dtype=np.float64)
+        logit = np.full(n, self.intercept)
+        for j in range(N_CAT):
+            logit += self.cat_weights[j][codes[:, j]]
+            contrib[:, j] = self.cat_centered[j][codes[:, j]]
+        for (i, w, shift, scale), (_, z_ref) in zip(self.numeric, self.ref_z, strict=True):
+            z = (nums[:, i] - shift) / scale
+            logit += w * z
+            contrib[:, N_CAT + i] += w * (z - z_ref)
+        return logit, contrib
+
+    def predict_proba(self, codes: IndexArray, nums: FloatArray) -> FloatArray:
+        from scipy.special import expit
+
+        proba: FloatArray = expit(self._logit_and_contrib(codes, nums)[0])
+        return proba
+
+    def explain(self, codes: IndexArray, nums: FloatArray) -> tuple[FloatArray, FloatArray]:
+        from scipy.special import expit
+
+        logit, contrib = self._logit_and_contrib(codes, nums)
+        return expit(logit), contrib
+
+    def explain_one(self, record: Mapping[str, Any]) -> tuple[float, list[float]]:
+        logit = self.intercept
+        contrib = [0.0] * N_FEATURES
+        for j, name in enumerate(CATEGORICAL):
+            value = record[name]
+            logit += self._cat_py[j][value]
+            contrib[j] = self._cat_centered_py[j][value]
+        for (name, i, w, shift, scale), (_, z_ref) in zip(self._numeric_py, self.ref_z, strict=True):
+            z = (record[name] - shift) / scale
+            logit += w * z
+            contrib[N_CAT + i] += w * (z - z_ref)
+        return _expit(logit), contrib
+
+    def reference(self) -> dict[str, Any]:
+        return self.design.reference_description()
