@@ -13,7 +13,7 @@ import argparse
 import copy
 from collections.abc import Sequence
 
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.settings import Settings, SettingsError
 
 
 def _log_config(level: str) -> dict[str, object]:
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="exampass-api", description="Serve the ExamPass champion model.")
     try:
         settings = Settings.from_env()
-    except ValueError as exc:  # a malformed EXAMPASS_API_* variable, named in the message
+    except SettingsError as exc:  # a malformed EXAMPASS_* variable, named in the message
         parser.error(str(exc))
     parser.add_argument("--host", default=settings.api_host, help="default: EXAMPASS_API_HOST or 127.0.0.1")
     parser.add_argument(
@@ -50,10 +50,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers / EXAMPASS_API_WORKERS must be at least 1, got {args.workers}")
-    if settings.model_poll_s <= 0:
-        parser.error(
-            f"EXAMPASS_MODEL_POLL_S must be a positive number of seconds, got {settings.model_poll_s}"
-        )
     uvicorn.run(
         "exampass_api.app:create_app",
         factory=True,

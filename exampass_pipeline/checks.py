@@ -13,7 +13,8 @@ from dagster_duckdb import DuckDBResource
 from exampass_pipeline import modeling, schema
 from exampass_pipeline.alerts import Alerter
 from exampass_pipeline.assets.training import ROW_ID
-from exampass_pipeline.resources import Thresholds, threshold_env_var
+from exampass_pipeline.resources import Thresholds
+from exampass_pipeline.settings import threshold_env_var
 
 SEVERITY = {dg.AssetCheckSeverity.ERROR: "ERROR", dg.AssetCheckSeverity.WARN: "WARN"}
 

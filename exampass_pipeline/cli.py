@@ -18,7 +18,7 @@ import dagster as dg
 from tqdm import tqdm
 
 from exampass_pipeline import registry, schema
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.settings import Settings, SettingsError
 from exampass_pipeline.simulate import day_arg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -110,13 +110,10 @@ def _print_training(result: dg.ExecuteInProcessResult) -> int:
 
 
 def settings_from_env(parser: argparse.ArgumentParser) -> Settings:
-    """Settings and thresholds from the environment, a bad value being a usage error that names its variable."""
-    from exampass_pipeline.resources import thresholds_from_env
-
+    """Settings from the environment, a bad value being a usage error that names its variable."""
     try:
-        thresholds_from_env()
         return Settings.from_env()
-    except ValueError as exc:
+    except SettingsError as exc:
         parser.error(str(exc))
 
 
@@ -147,7 +144,7 @@ def _backfill_days(parser: argparse.ArgumentParser, first: date, last: date) -> 
     Checking before the first run means a range that runs past the last complete day (or starts before the
     partitions do) fails with one clear message, instead of re-monitoring half the range and then crashing.
     """
-    from exampass_pipeline.assets.ingest import PARTITIONS_START_ENV, daily_partitions
+    from exampass_pipeline.assets.ingest import daily_partitions
 
     if last < first:
         parser.error(f"end: {last} is before start {first}")
@@ -159,7 +156,7 @@ def _backfill_days(parser: argparse.ArgumentParser, first: date, last: date) -> 
         span = f"{known[0]} .. {known[-1]}" if known else "none yet"
         parser.error(
             f"start/end: {outside[0]} is not a daily partition. Partitions run from the first day "
-            f"({PARTITIONS_START_ENV}) to the last complete day: {span}"
+            f"(EXAMPASS_PARTITIONS_START) to the last complete day: {span}"
         )
     return days
 

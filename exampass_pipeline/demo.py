@@ -153,10 +153,12 @@ class Story:
         print(text, flush=True)
 
 
-def _evaluate_sensor(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+def _evaluate_sensor(instance: dg.DagsterInstance, settings: Settings) -> list[dg.RunRequest]:
+    from exampass_pipeline.resources import Thresholds
     from exampass_pipeline.sensors import retrain_on_failed_checks
 
-    context = dg.build_sensor_context(instance=instance)
+    thresholds = Thresholds(**settings.thresholds())
+    context = dg.build_sensor_context(instance=instance, resources={"thresholds": thresholds})
     result = retrain_on_failed_checks(context)
     return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
 
@@ -241,7 +243,7 @@ def run_story(
             f"the webhook received {len(story.webhook_bodies)}"
         )
 
-        story.run_requests = _evaluate_sensor(instance)
+        story.run_requests = _evaluate_sensor(instance, settings)
         story.say(
             f"6. the sensor retrain_on_failed_checks requested {len(story.run_requests)} run(s)"
             + (f": {story.run_requests[0].run_key}" if story.run_requests else "")

@@ -53,25 +53,32 @@ def _database_store(uri: str) -> bool:
 
 
 def configure(settings: Settings) -> str:
-    """Point this process at the configured tracking store and make sure our experiment exists.
-
-    With a database store (sqlite, or Postgres without a tracking server) the artifacts go under
-    EXAMPASS_HOME; with a tracking server the server decides where artifacts live, so we leave it unset.
-    """
+    """Point this process at the configured tracking store and make sure our experiment exists."""
     settings.ensure_dirs()
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    if settings.mlflow_registry_uri:
-        mlflow.set_registry_uri(settings.mlflow_registry_uri)
+    return connect(settings.mlflow_tracking_uri, settings.mlflow_registry_uri, settings.mlflow_artifacts_dir)
+
+
+def connect(tracking_uri: str, registry_uri: str | None, artifacts_dir: Path) -> str:
+    """Point this process at one tracking store and make sure our experiment exists; returns its id.
+
+    With a database store (sqlite, or Postgres without a tracking server) the artifacts go to
+    ``artifacts_dir`` (under EXAMPASS_HOME); with a tracking server the server decides where artifacts live, so
+    we leave it unset.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri:
+        mlflow.set_registry_uri(registry_uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
     if experiment is None:
-        database = _database_store(settings.mlflow_tracking_uri)
-        location = settings.mlflow_artifacts_dir.as_uri() if database else None
+        location = artifacts_dir.as_uri() if _database_store(tracking_uri) else None
         try:
             return mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=location)
         except MlflowException:  # created concurrently by another process
             experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
             assert experiment is not None
-    return experiment.experiment_id
+    return str(experiment.experiment_id)
 
 
 def log_model(

@@ -6,9 +6,7 @@ path (Postgres, an MLflow server, object storage) is a change of environment var
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,13 @@ from dagster_duckdb import DuckDBResource
 from dagster_duckdb_pandas import DuckDBPandasIOManager
 from dagster_mlflow import mlflow_tracking
 from dagster_mlflow.resources import CONFIG_SCHEMA
+from mlflow import MlflowClient
 from mlflow.entities import RunStatus
+from pydantic import SecretStr
 
 from exampass_pipeline import registry
-from exampass_pipeline.settings import Settings, env_number
+from exampass_pipeline.alerts import Alerter
+from exampass_pipeline.settings import Settings, ThresholdValues
 
 WAREHOUSE_SCHEMA = "exampass"
 
@@ -51,41 +52,32 @@ class ExamPassPaths(dg.ConfigurableResource):
         return f"{self.mlflow_ui_url.rstrip('/')}/#/models/{model_name}/versions/{version}"
 
 
-class Thresholds(dg.ConfigurableResource):
-    """Every number an asset check judges by, in one place so operators can tune them without code.
+class Thresholds(dg.ConfigurableResource, ThresholdValues):
+    """Every number an asset check, the gate or the retraining sensor judges by, in one resource.
 
-    Each field can be set by the environment variable EXAMPASS_<FIELD> (see threshold_env_var), for the
-    CLI, `make run` and the webserver alike.
+    The fields are declared once, in ``settings.ThresholdValues``; ``build_resources`` fills them from the
+    settings, so each is set by EXAMPASS_<FIELD> for the CLI, `make run` and the webserver alike.
     """
 
-    min_student_rows: int = 500
-    pass_rate_min: float = 0.70
-    pass_rate_max: float = 0.97
-    promotion_margin: float = 0.005
-    drift_alpha: float = 0.05
-    drift_min_rows: int = 50
-    quality_alpha: float = 0.05
-    quality_min_labelled: int = 50
-    segment_max_gap: float = 0.20
-    segment_min_fail: int = 5
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """Where models are tracked and registered. The tracking URI may carry credentials, so it is an EnvVar
+    whenever it came from the environment, and the Dagster UI never shows it."""
+
+    tracking_uri: str
+    registry_uri: str = ""
+    artifacts_dir: str
+
+    def connect(self) -> str:
+        """Point this process at the store (MLflow's URIs are process-global); returns the experiment id."""
+        return registry.connect(self.tracking_uri, self.registry_uri or None, Path(self.artifacts_dir))
+
+    def client(self) -> MlflowClient:
+        self.connect()
+        return MlflowClient()
 
 
-def threshold_env_var(field: str) -> str:
-    """The variable that overrides one Thresholds field, e.g. min_student_rows -> EXAMPASS_MIN_STUDENT_ROWS."""
-    return f"EXAMPASS_{field.upper()}"
-
-
-def thresholds_from_env() -> Thresholds:
-    """The default thresholds with every field whose EXAMPASS_<FIELD> variable is set replaced by it."""
-    overrides: dict[str, Any] = {}
-    for name, field in Thresholds.model_fields.items():
-        var = threshold_env_var(name)
-        if os.environ.get(var, "").strip():
-            overrides[name] = env_number(var, "", field.annotation)  # type: ignore[arg-type]
-    return Thresholds(**overrides)
-
-
-@dg.resource(config_schema=CONFIG_SCHEMA)
+@dg.resource(config_schema=CONFIG_SCHEMA, required_resource_keys={"mlflow_registry"})
 def mlflow_resource(context: dg.InitResourceContext) -> Iterator[Any]:
     """dagster-mlflow's ``mlflow_tracking``, plus the guarantee that its MLflow run always ends.
 
@@ -93,10 +85,8 @@ def mlflow_resource(context: dg.InitResourceContext) -> Iterator[Any]:
     Dagster run would leave an MLflow run RUNNING forever. The training asset ends the run itself when it
     finishes; anything still open at teardown means training never completed, and is marked FAILED.
     """
-    settings = Settings.from_env()
-    tracking_uri = context.resource_config.get("mlflow_tracking_uri") or settings.mlflow_tracking_uri
     # Create the experiment ourselves first, so its artifacts land under EXAMPASS_HOME, not ./mlruns.
-    registry.configure(replace(settings, mlflow_tracking_uri=tracking_uri))
+    context.resources.mlflow_registry.connect()
     generator = mlflow_tracking.resource_fn(context)
     tracker = next(generator)
     started = mlflow.active_run()
@@ -109,17 +99,37 @@ def mlflow_resource(context: dg.InitResourceContext) -> Iterator[Any]:
             mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
 
 
+def _secret(settings: Settings, name: str) -> Any:
+    """A setting for a resource: an EnvVar when it came from the environment (the UI then shows the
+    variable's name, never its value), else the plain value."""
+    variable = settings.from_environment(name)
+    if variable is not None:
+        return dg.EnvVar(variable)
+    value = getattr(settings, name)
+    return value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
+
+
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     """All resources for one settings object; tests pass their own temp-dir settings."""
     settings = settings or Settings.from_env()
     database = str(settings.duckdb_path)
+    tracking_uri = _secret(settings, "mlflow_tracking_uri")
     return {
         "io_manager": DuckDBPandasIOManager(database=database, schema=WAREHOUSE_SCHEMA),
         "warehouse": DuckDBResource(database=database),
+        "mlflow_registry": MlflowRegistry(
+            tracking_uri=tracking_uri,
+            registry_uri=settings.mlflow_registry_uri or "",
+            artifacts_dir=str(settings.mlflow_artifacts_dir),
+        ),
         "mlflow": mlflow_resource.configured(
             {
                 "experiment_name": registry.EXPERIMENT_NAME,
-                "mlflow_tracking_uri": settings.mlflow_tracking_uri,
+                "mlflow_tracking_uri": (
+                    {"env": tracking_uri.env_var_name}
+                    if isinstance(tracking_uri, dg.EnvVar)
+                    else tracking_uri
+                ),
                 "extra_tags": {"exampass.component": "training"},
             }
         ),
@@ -128,20 +138,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             data_path=str(settings.data_path),
             logs_dir=str(settings.logs_dir),
             reports_dir=str(settings.reports_dir),
-            mlflow_ui_url=settings_mlflow_ui(settings),
+            mlflow_ui_url=settings.mlflow_ui_url,
         ),
-        "thresholds": thresholds_from_env(),
-        "alerter": _alerter(settings),
+        "thresholds": Thresholds(**settings.thresholds()),
+        "alerter": Alerter(webhook_url=_secret(settings, "alert_webhook")),
     }
-
-
-def settings_mlflow_ui(settings: Settings) -> str:
-    """Where a person opens MLflow: the tracking server itself, or the local `mlflow ui` on port 5000."""
-    uri = settings.mlflow_tracking_uri
-    return uri if uri.startswith("http") else "http://localhost:5000"
-
-
-def _alerter(settings: Settings) -> Any:
-    from exampass_pipeline.alerts import Alerter
-
-    return Alerter(webhook_url=settings.alert_webhook or "")

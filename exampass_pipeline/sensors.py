@@ -12,18 +12,14 @@ import dagster as dg
 
 from exampass_pipeline.assets.monitoring import MODEL_QUALITY, NO_DATA_DRIFT, PREDICTION_DRIFT
 from exampass_pipeline.jobs import retrain_job
-from exampass_pipeline.settings import env_number
+from exampass_pipeline.resources import Thresholds
+from exampass_pipeline.settings import threshold_env_var
 
 WATCHED_CHECKS: tuple[dg.AssetCheckKey, ...] = (
     dg.AssetCheckKey(dg.AssetKey("drift_report"), NO_DATA_DRIFT),
     dg.AssetCheckKey(dg.AssetKey("drift_report"), PREDICTION_DRIFT),
     dg.AssetCheckKey(dg.AssetKey("quality_report"), MODEL_QUALITY),
 )
-COOLDOWN_ENV = "EXAMPASS_RETRAIN_COOLDOWN_S"
-
-
-def _cooldown_s() -> float:
-    return float(env_number(COOLDOWN_ENV, "3600", float))
 
 
 def _failed(record: object) -> bool:
@@ -39,7 +35,9 @@ def _failed(record: object) -> bool:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Retrain when no_data_drift, prediction_drift or model_quality fails.",
 )
-def retrain_on_failed_checks(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+def retrain_on_failed_checks(
+    context: dg.SensorEvaluationContext, thresholds: Thresholds
+) -> dg.SensorResult | dg.SkipReason:
     cursor = json.loads(context.cursor) if context.cursor else {"seen": {}, "last_request_ts": 0.0}
     seen: dict[str, int] = cursor["seen"]
     failures: list[str] = []
@@ -58,10 +56,12 @@ def retrain_on_failed_checks(context: dg.SensorEvaluationContext) -> dg.SensorRe
         context.update_cursor(json.dumps(cursor))
         return dg.SkipReason("no new failed drift or quality check")
     waited = now - float(cursor["last_request_ts"])
-    if waited < _cooldown_s():
+    cooldown = thresholds.retrain_cooldown_s
+    if waited < cooldown:
         context.update_cursor(json.dumps(cursor))
         return dg.SkipReason(
-            f"new failure(s) {failures} inside the retrain cooldown ({waited:.0f}s of {_cooldown_s():.0f}s)"
+            f"new failure(s) {failures} inside the retrain cooldown ({waited:.0f}s of {cooldown:.0f}s; "
+            f"{threshold_env_var('retrain_cooldown_s')})"
         )
     cursor["last_request_ts"] = now
     context.log.info(f"requesting a retrain for {failures}")

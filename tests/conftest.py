@@ -8,36 +8,47 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support import point_at_home, require_real_csv
+from support import data_csv, data_description, point_at_home, require_real_csv
 
 from exampass_pipeline import dataset
 from exampass_pipeline.settings import Settings
 
 
+def pytest_report_header() -> str:
+    return data_description()
+
+
 @pytest.fixture(scope="session")
 def real_csv() -> Path:
+    """Only for tests about the Kaggle file itself; they skip without it (and fail under CI)."""
     return require_real_csv()
 
 
 @pytest.fixture(scope="session")
-def students(real_csv: Path) -> pd.DataFrame:
-    """The real file through the pipeline's own reader: typed columns, pass_math, source "kaggle".
+def data_file() -> Path:
+    """The data the suite runs on: the Kaggle file, or a seeded synthetic sample when it is absent."""
+    return data_csv()
+
+
+@pytest.fixture(scope="session")
+def students(data_file: Path) -> pd.DataFrame:
+    """The data file through the pipeline's own reader: typed columns, pass_math, source "kaggle".
 
     Shared read-only by the whole session; a test that needs to change it takes a copy.
     """
-    return dataset.clean_students(dataset.read_students_csv(real_csv), source="kaggle")
+    return dataset.clean_students(dataset.read_students_csv(data_file), source="kaggle")
 
 
 @pytest.fixture
-def exampass_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_csv: Path) -> Settings:
+def exampass_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_file: Path) -> Settings:
     """Point every setting at a temp dir: its own Dagster home, MLflow sqlite store, DuckDB file and logs."""
-    settings = point_at_home(monkeypatch, tmp_path / "exampass", EXAMPASS_DATA=str(real_csv))
+    settings = point_at_home(monkeypatch, tmp_path / "exampass", EXAMPASS_DATA=str(data_file))
     settings.ensure_dirs()
     return settings
 
 
 @pytest.fixture(scope="session")
-def trained_store(tmp_path_factory: pytest.TempPathFactory, real_csv: Path) -> Path:
+def trained_store(tmp_path_factory: pytest.TempPathFactory, data_file: Path) -> Path:
     """One real training run (the quick `fast` candidate set) shared by the monitoring tests.
 
     Returns the EXAMPASS_HOME it trained in; tests copy its warehouse and point MLflow at its registry, so
@@ -49,7 +60,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, real_csv: Path) -> P
 
     home = tmp_path_factory.mktemp("trained") / "exampass"
     with pytest.MonkeyPatch.context() as mp:
-        settings = point_at_home(mp, home, EXAMPASS_DATA=str(real_csv))
+        settings = point_at_home(mp, home, EXAMPASS_DATA=str(data_file))
         with dg.instance_for_test() as instance:
             result = materialize_training(instance, settings, candidate_set="fast")
         assert result.success, "training for the shared monitoring fixture failed"

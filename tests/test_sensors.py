@@ -7,18 +7,22 @@ from collections.abc import Callable
 from datetime import date
 
 import dagster as dg
-import pytest
 
 from exampass_pipeline.cli import materialize_monitoring
-from exampass_pipeline.sensors import COOLDOWN_ENV, retrain_on_failed_checks
+from exampass_pipeline.resources import Thresholds
+from exampass_pipeline.sensors import retrain_on_failed_checks
 from exampass_pipeline.settings import Settings
 
 NORMAL_DAY = date(2026, 11, 10)
 DRIFT_DAY = date(2026, 11, 11)
 
 
-def evaluate(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[object, str | None]:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+def evaluate(
+    instance: dg.DagsterInstance, cursor: str | None = None, cooldown_s: float = 0
+) -> tuple[object, str | None]:
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"thresholds": Thresholds(retrain_cooldown_s=cooldown_s)}
+    )
     result = retrain_on_failed_checks(context)
     new_cursor = result.cursor if isinstance(result, dg.SensorResult) else context.cursor
     return result, new_cursor
@@ -27,9 +31,7 @@ def evaluate(instance: dg.DagsterInstance, cursor: str | None = None) -> tuple[o
 def test_one_failure_requests_exactly_one_retrain(
     monitoring_home: Settings,
     write_days: Callable[[list[date], str, int], None],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(COOLDOWN_ENV, "0")
     write_days([NORMAL_DAY], "none", 3)
     write_days([DRIFT_DAY], "lunch_shift", 4)
     with dg.instance_for_test() as instance:
@@ -61,16 +63,14 @@ def test_one_failure_requests_exactly_one_retrain(
 def test_cooldown_holds_back_a_second_retrain(
     monitoring_home: Settings,
     write_days: Callable[[list[date], str, int], None],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(COOLDOWN_ENV, "3600")
     days = [DRIFT_DAY, date(2026, 11, 12)]
     write_days(days, "lunch_shift", 5)
     with dg.instance_for_test() as instance:
         materialize_monitoring(instance, monitoring_home, days[0].isoformat())
-        first, cursor = evaluate(instance)
+        first, cursor = evaluate(instance, cooldown_s=3600)
         assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
         materialize_monitoring(instance, monitoring_home, days[1].isoformat())
-        second, _ = evaluate(instance, cursor)
+        second, _ = evaluate(instance, cursor, cooldown_s=3600)
         assert isinstance(second, dg.SkipReason)
         assert "cooldown" in str(second.skip_message)

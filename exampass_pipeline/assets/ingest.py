@@ -4,7 +4,6 @@ The student table grows with production: labelled prediction rows (inputs plus t
 feedback) join the original file, so a retrain learns from what the service actually saw.
 """
 
-import os
 from datetime import date
 from pathlib import Path
 
@@ -14,18 +13,15 @@ from dagster_duckdb import DuckDBResource
 
 from exampass_pipeline import dataset, predlog, schema
 from exampass_pipeline.resources import WAREHOUSE_SCHEMA, ExamPassPaths
+from exampass_pipeline.settings import Settings
 
-PARTITIONS_START_ENV = "EXAMPASS_PARTITIONS_START"
 QUARANTINE_TABLE = f"{WAREHOUSE_SCHEMA}.quarantine"
 PRODUCTION_SOURCE = "production"
 SYNTHETIC_ROWS = 1000
 
 
-def _partitions_start() -> str:
-    return os.environ.get(PARTITIONS_START_ENV, "2026-01-01")
-
-
-daily_partitions = dg.DailyPartitionsDefinition(start_date=_partitions_start())
+# Partitions are part of the asset definitions, which Dagster loads at import: the start day is read then.
+daily_partitions = dg.DailyPartitionsDefinition(start_date=Settings.from_env().partitions_start.isoformat())
 
 
 def _markdown_preview(frame: pd.DataFrame, rows: int = 5) -> dg.MetadataValue:

@@ -20,8 +20,7 @@ from exampass_pipeline import drift, quality, registry, reports, schema
 from exampass_pipeline.alerts import Alerter
 from exampass_pipeline.assets.ingest import daily_partitions
 from exampass_pipeline.checks import checked
-from exampass_pipeline.resources import ExamPassPaths, Thresholds
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.resources import ExamPassPaths, MlflowRegistry, Thresholds
 
 NO_DATA_DRIFT = "no_data_drift"
 PREDICTION_DRIFT = "prediction_drift"
@@ -36,22 +35,20 @@ def _load_version(tracking_uri: str, version: str) -> registry.LoadedModel:
     return registry.load_version(client.get_model_version(schema.MODEL_NAME, version), client)
 
 
-def serving_model(batch: pd.DataFrame) -> registry.LoadedModel | None:
+def serving_model(batch: pd.DataFrame, store: MlflowRegistry) -> registry.LoadedModel | None:
     """The version that answered most of the day's requests, else the current champion.
 
     Prediction drift and quality must be judged against the model that actually made the predictions.
     """
-    settings = Settings.from_env()
-    registry.configure(settings)
-    client = MlflowClient()
+    client = store.client()
     if len(batch):
         version = str(batch["model_version"].mode().iloc[0])
         try:
-            return _load_version(settings.mlflow_tracking_uri, version)
+            return _load_version(store.tracking_uri, version)
         except Exception:  # noqa: BLE001 - a deleted or foreign version: fall back to the champion
             pass
     champion = registry.champion_version(client)
-    return None if champion is None else _load_version(settings.mlflow_tracking_uri, str(champion.version))
+    return None if champion is None else _load_version(store.tracking_uri, str(champion.version))
 
 
 def _long_table(day: date, numbers: dict[str, Any], kind: str) -> pd.DataFrame:
@@ -92,6 +89,7 @@ def drift_report(
     thresholds: Thresholds,
     alerter: Alerter,
     warehouse: DuckDBResource,
+    mlflow_registry: MlflowRegistry,
 ) -> Any:
     """Evidently data drift of the day's inputs and predicted probabilities against the training split."""
     day = date.fromisoformat(context.partition_key)
@@ -99,7 +97,7 @@ def drift_report(
         checked, context, alerter, warehouse, asset="drift_report", partition_key=context.partition_key
     )
     current = prediction_batches
-    model = serving_model(current)
+    model = serving_model(current, mlflow_registry)
     held_out = pd.concat([validation_split, test_split], ignore_index=True)
     reference = train_split[list(schema.FEATURES)].copy()
     if model is not None:
@@ -187,6 +185,7 @@ def quality_report(
     thresholds: Thresholds,
     alerter: Alerter,
     warehouse: DuckDBResource,
+    mlflow_registry: MlflowRegistry,
 ) -> Any:
     """Evidently classification quality on the day's labelled rows, overall and per segment."""
     day = date.fromisoformat(context.partition_key)
@@ -196,7 +195,7 @@ def quality_report(
     labelled = prediction_batches[prediction_batches[schema.MATH_SCORE].notna()].copy()
     labelled[schema.LABEL] = labelled[schema.LABEL].astype(bool)
     labelled["predicted_pass"] = labelled["predicted_pass"].astype(bool)
-    model = serving_model(prediction_batches)
+    model = serving_model(prediction_batches, mlflow_registry)
     threshold = model.threshold if model else 0.5
     html = paths.reports / "quality" / f"{day.isoformat()}.html"
     html.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from exampass_pipeline import modeling, registry, schema
-from exampass_pipeline.resources import ExamPassPaths, Thresholds
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.resources import ExamPassPaths, MlflowRegistry, Thresholds
 
 ROW_ID = "row_id"
 
@@ -181,12 +180,12 @@ def model_evaluation(
     context: dg.AssetExecutionContext,
     paths: ExamPassPaths,
     thresholds: Thresholds,
+    mlflow_registry: MlflowRegistry,
     pass_classifier: pd.DataFrame,
     test_split: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """Test metrics on the model's MLflow run, ROC and confusion plots, and the promotion decision."""
-    registry.configure(Settings.from_env())
-    client = MlflowClient()
+    client = mlflow_registry.client()
     card = pass_classifier.iloc[0]
     version = client.get_model_version(schema.MODEL_NAME, str(card["model_version"]))
     candidate = registry.load_version(version, client)

@@ -87,10 +87,10 @@ def test_training_graph_registers_a_champion_then_gates_a_weaker_model(exampass_
 def test_blocking_check_stops_training_and_the_mlflow_run_is_ended(
     exampass_home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Set the way an operator would: the environment, read by build_resources.
+    # Set the way an operator would: the environment, read by Settings.
     monkeypatch.setenv("EXAMPASS_MIN_STUDENT_ROWS", "5000")
     with dg.instance_for_test() as instance:
-        result = train(instance, exampass_home)
+        result = train(instance, Settings.from_env())
         assert not result.success
         failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
         assert [e.check_name for e in failed] == ["students_min_rows"]

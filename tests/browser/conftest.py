@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REAL_CSV as DATA_CSV
 from support import REPO_ROOT as REPO
-from support import STATE_VARS, load_script, require
+from support import STATE_VARS, data_csv, load_script, require
 
 from exampass_pipeline.demo import free_port
 
@@ -44,7 +43,7 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
     env.update(
         {
             "EXAMPASS_HOME": str(home),
-            "EXAMPASS_DATA": str(DATA_CSV),
+            "EXAMPASS_DATA": str(data_csv()),
             "DAGSTER_HOME": str(home / "dagster"),
             "PYTHONUNBUFFERED": "1",
             # The servers' own console scripts (dagster, mlflow, ...) first, as in the image.

@@ -73,7 +73,7 @@ def test_asset_graph_shows_every_asset_and_materialize_all_succeeds(
     child_env: Callable[..., dict[str, str]],
     deploy_home: Callable[[Path], Path],
     dagster_pg_database: Any,
-    real_csv: Path,
+    data_file: Path,
     snap: Callable[..., Path],
 ) -> None:
     home = tmp_path / "exampass"

@@ -17,11 +17,11 @@ LOOPBACK = {"127.0.0.1", "localhost", ""}
 
 
 def test_drift_report_opens_and_shows_its_drift_table(
-    tmp_path: Path, page: Any, real_csv: Path, snap: Callable[..., Path]
+    tmp_path: Path, page: Any, data_file: Path, snap: Callable[..., Path]
 ) -> None:
     from exampass_pipeline import dataset, reports, schema, synthetic
 
-    reference = dataset.read_students_csv(real_csv)[list(schema.FEATURES)]
+    reference = dataset.read_students_csv(data_file)[list(schema.FEATURES)]
     current = synthetic.sample(400, seed=11, scenario="lunch_shift")[list(schema.FEATURES)]
     html = tmp_path / "reports" / "drift" / "2026-11-26.html"
     html.parent.mkdir(parents=True)

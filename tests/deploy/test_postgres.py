@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from support import REPO_ROOT as REPO
-from support import require_real_csv
+from support import data_csv
 
 TRAINING_ASSETS = {
     "raw_students",
@@ -38,14 +38,14 @@ def pg_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_server: Any, pg_databases: dict[str, str]
 ) -> dict[str, str]:
     """A fresh EXAMPASS_HOME: Dagster instance from deploy/dagster.yaml on Postgres, MLflow on Postgres."""
-    data_csv = require_real_csv()
+    data_csv_path = data_csv()
     home = tmp_path / "exampass"
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {
         "EXAMPASS_HOME": str(home),
-        "EXAMPASS_DATA": str(data_csv),
+        "EXAMPASS_DATA": str(data_csv_path),
         "DAGSTER_HOME": str(dagster_home),
         "MLFLOW_TRACKING_URI": pg_server.url(pg_databases["mlflow"]),
         **pg_server.dagster_env(pg_databases["dagster"], home / "dagster-storage"),
