@@ -13,6 +13,7 @@ import argparse
 import copy
 from collections.abc import Sequence
 
+from exampass_api.keystore import KeyStoreError, read_store
 from exampass_pipeline.settings import Settings, SettingsError
 
 
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers / EXAMPASS_API_WORKERS must be at least 1, got {args.workers}")
+    try:  # a broken key store must stop the service here, with its reason, not in every worker
+        read_store(settings.api_keys_file)
+    except KeyStoreError as exc:
+        parser.exit(1, f"exampass-api: cannot start: {exc}\n")
     uvicorn.run(
         "exampass_api.app:create_app",
         factory=True,
@@ -59,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_level=args.log_level,
         log_config=_log_config(args.log_level),
         access_log=args.access_log,
+        # The client address is the connection's own unless it comes from a proxy the operator trusts:
+        # anonymous rate limits are per address, so a client-supplied X-Forwarded-For must not move it.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or "",
     )
 
 

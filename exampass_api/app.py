@@ -20,20 +20,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
-from exampass_api.errors import JsonBodyRoute, on_validation_error
+from exampass_api.auth import Access
+from exampass_api.errors import on_validation_error
+from exampass_api.keystore import KeyRing
 from exampass_api.model_store import ModelStore
 from exampass_api.routes import feedback, ops, predict
+from exampass_api.routing import ApiRoute
 from exampass_api.schemas import BatchIn
 from exampass_api.service import PredictionService
 from exampass_pipeline import schema
 from exampass_pipeline.predlog import PredictionLog
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.settings import Settings, restrict_new_files
 
 DESCRIPTION = (
     "Predicts whether a student passes the maths exam (math score >= 50) from five background fields and the "
     f"reading and writing scores, with the MLflow model behind `{schema.MODEL_NAME}@{schema.CHAMPION_ALIAS}`. "
     "Every answered prediction is appended to the prediction log that monitoring reads; report the real "
-    "outcome with POST /feedback."
+    "outcome with POST /feedback (an API key with the `feedback` scope: `exampass-apikey create`)."
 )
 
 
@@ -45,6 +48,9 @@ def create_app(
 ) -> FastAPI:
     """Build the service; uvicorn calls this once per worker (``factory=True``)."""
     settings = settings or Settings.from_env()
+    restrict_new_files()
+    # Read now, so a corrupt or unreadable key store stops the service at start-up with its reason.
+    access = Access(settings, KeyRing.load(settings.api_keys_file))
     store = store or ModelStore(settings)
     predlog = predlog or PredictionLog(settings.logs_dir)
 
@@ -60,11 +66,12 @@ def create_app(
     app = FastAPIOffline(
         title="ExamPass prediction service", version="1.0.0", description=DESCRIPTION, lifespan=lifespan
     )
-    app.router.route_class = JsonBodyRoute
+    app.router.route_class = ApiRoute
     app.state.settings = settings
     app.state.store = store
     app.state.predlog = predlog
     app.state.service = PredictionService(predlog)
+    app.state.access = access
     app.add_exception_handler(RequestValidationError, on_validation_error)
     for module in (predict, feedback, ops):
         app.include_router(module.router)

@@ -9,14 +9,13 @@ decode); all three end up in ``validation_body``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from fastapi import Request, Response
+from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, MessageOut, ValidationErrorOut
@@ -26,43 +25,18 @@ from exampass_pipeline import schema
 JSON: Final = "application/json"
 
 
-def _is_json(content_type: str) -> bool:
+def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == JSON or (media.startswith("application/") and media.endswith("+json"))
 
 
-def _unsupported(content_type: str | None) -> JSONResponse:
+def unsupported(content_type: str | None, wanted: str = JSON) -> JSONResponse:
     got = f"got {content_type!r}" if content_type else "no Content-Type header was sent"
-    return JSONResponse({"detail": f"request body must be JSON: send Content-Type: {JSON} ({got})"}, 415)
+    what = "JSON" if wanted == JSON else wanted
+    return JSONResponse({"detail": f"request body must be {what}: send Content-Type: {wanted} ({got})"}, 415)
 
 
-class JsonBodyRoute(APIRoute):
-    """Answers 415 for a POST whose body is not declared as JSON, before FastAPI reads or validates it."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        if "POST" not in self.methods:
-            return handler
-
-        async def route(request: Request) -> Response:
-            content_type = request.headers.get("content-type")
-            if content_type is None:
-                if request.headers.get("content-length", "") != "0":
-                    return _unsupported(None)
-            elif not _is_json(content_type):
-                return _unsupported(content_type)
-            try:
-                return await handler(request)
-            except HTTPException as exc:
-                error = _unreadable_body(exc)
-                if error is None:
-                    raise
-                return invalid([error], request.url.path)
-
-        return route
-
-
-def _unreadable_body(exc: HTTPException) -> Mapping[str, Any] | None:
+def unreadable_body(exc: HTTPException) -> Mapping[str, Any] | None:
     """The error for a body FastAPI could not even parse, which it answers with a bare 400.
 
     That happens for bytes that are not UTF-8 and for JSON nested deeper than the parser's stack; both get
@@ -171,6 +145,14 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
 }
 NO_MODEL: Final[dict[int | str, dict[str, Any]]] = {
     503: {"model": MessageOut, "description": "No champion model is loaded yet."}
+}
+UNAUTHORIZED: Final[dict[int | str, dict[str, Any]]] = {
+    401: {
+        "model": MessageOut,
+        "description": "No API key, a malformed header, or an unknown or revoked key.",
+    },
+    403: {"model": MessageOut, "description": "The key lacks the scope this endpoint needs."},
+    429: {"model": MessageOut, "description": "Over the rate limit; `Retry-After` says when to try again."},
 }
 TOO_LARGE: Final[dict[int | str, dict[str, Any]]] = {
     413: {"model": MessageOut, "description": f"More than {MAX_BATCH} students (or {MAX_BATCH_BYTES} bytes)."}

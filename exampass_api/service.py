@@ -186,11 +186,13 @@ class PredictionService:
         self.predlog = predlog
         self.top_k = top_k
 
-    def predict_one(self, bundle: Bundle, record: Mapping[str, Any]) -> bytes:
+    def predict_one(self, bundle: Bundle, record: Mapping[str, Any], client: str) -> bytes:
         proba, contributions = bundle.scorer.explain_one(record)
         predicted = proba >= bundle.threshold
         prediction_id = new_prediction_id()
-        self.predlog.log_prediction(record, proba, predicted, bundle.version, prediction_id=prediction_id)
+        self.predlog.log_prediction(
+            record, proba, predicted, bundle.version, prediction_id=prediction_id, client=client
+        )
         return orjson.dumps(
             {
                 "prediction_id": prediction_id,
@@ -201,7 +203,7 @@ class PredictionService:
             }
         )
 
-    def predict_batch(self, bundle: Bundle, batch: ParsedBatch) -> bytes:
+    def predict_batch(self, bundle: Bundle, batch: ParsedBatch, client: str) -> bytes:
         """All rows in one array call; then one log line per row, in order."""
         records = batch.records
         if batch.codes is not None and batch.nums is not None:
@@ -215,7 +217,9 @@ class PredictionService:
         ids = new_prediction_ids(len(records))
         probabilities = proba.tolist()
         decisions = (proba >= bundle.threshold).tolist()
-        self.predlog.log_predictions(records, probabilities, decisions, version, ids, datetime.now(UTC))
+        self.predlog.log_predictions(
+            records, probabilities, decisions, version, ids, datetime.now(UTC), client=client
+        )
         answers = []
         rows = zip(records, ids, probabilities, decisions, order.tolist(), top.tolist(), strict=True)
         for record, prediction_id, p, decision, features, values in rows:

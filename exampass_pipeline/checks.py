@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from exampass_pipeline import modeling, schema
+from exampass_pipeline import dataset, modeling, schema
 from exampass_pipeline.alerts import Alerter
 from exampass_pipeline.assets.training import ROW_ID
 from exampass_pipeline.resources import Thresholds
@@ -59,7 +59,10 @@ def checked(
 
 
 def schema_problems(frame: pd.DataFrame) -> list[str]:
-    problems = [f"missing column {c}" for c in (*schema.COLUMNS, schema.LABEL) if c not in frame.columns]
+    lineage = (dataset.SOURCE_COLUMN, dataset.CLIENT_COLUMN)  # every training row traceable to both
+    problems = [
+        f"missing column {c}" for c in (*schema.COLUMNS, schema.LABEL, *lineage) if c not in frame.columns
+    ]
     for name in schema.CATEGORICAL_FEATURES:
         if name in frame:
             unknown = sorted(set(frame[name].dropna().astype(str)) - set(schema.CATEGORIES[name]))

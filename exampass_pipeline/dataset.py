@@ -15,6 +15,10 @@ import pandas as pd
 from exampass_pipeline import schema
 
 SOURCE_COLUMN = "source"
+CLIENT_COLUMN = "client"
+# The client of rows from the curated data file (Kaggle or its synthetic stand-in): nobody sent them.
+CURATED_CLIENT = "curated"
+CURATED_SOURCES = frozenset({"kaggle", "synthetic"})
 
 
 class DataError(ValueError):
@@ -106,16 +110,19 @@ def _typed(frame: pd.DataFrame, path: Path | str) -> pd.DataFrame:
 
 
 def clean_students(raw: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
-    """The modelling table: typed columns, the label, and where each row came from.
+    """The modelling table: typed columns, the label, where each row came from and who supplied it.
 
-    ``source`` overrides a ``source`` column the raw table may already carry.
+    ``source`` overrides a ``source`` column the raw table may already carry. ``client`` is taken from the
+    raw table when it has one (production rows: the key that reported the outcome), else the row is curated.
     """
     table = raw[list(schema.COLUMNS)].copy()
     origin = source if source is not None else raw[SOURCE_COLUMN].astype(str)
+    supplier = raw[CLIENT_COLUMN].astype(str) if CLIENT_COLUMN in raw.columns else CURATED_CLIENT
     for name in schema.CATEGORICAL_FEATURES:
         table[name] = table[name].astype(str)
     for name in schema.SCORES:
         table[name] = table[name].astype("int64")
     table[schema.LABEL] = table[schema.MATH_SCORE] >= schema.PASS_MARK
     table[SOURCE_COLUMN] = origin
+    table[CLIENT_COLUMN] = supplier
     return table

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -69,8 +70,8 @@ class JsonlAppender:
         with self._lock:
             fd = self._fds.get(day)
             if fd is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                fd = os.open(day_file(self.directory, day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(day_file(self.directory, day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 # Keep at most two days open: today and the one we are rolling over from.
                 for old in sorted(self._fds)[:-1]:
                     os.close(self._fds.pop(old))
@@ -104,6 +105,7 @@ def _prediction_record(
     prediction_id: str,
     timestamp: str,
     model_version: str,
+    client: str,
     inputs: Mapping[str, Any],
     pass_probability: float,
     predicted_pass: bool,
@@ -113,6 +115,7 @@ def _prediction_record(
         "prediction_id": prediction_id,
         "timestamp": timestamp,
         "model_version": model_version,
+        "client": client,
         "inputs": {name: inputs[name] for name in schema.FEATURES},
         "pass_probability": float(pass_probability),
         "predicted_pass": bool(predicted_pass),
@@ -133,6 +136,7 @@ class PredictionLog:
         predicted_pass: bool,
         model_version: str,
         *,
+        client: str,
         prediction_id: str | None = None,
         at: datetime | None = None,
     ) -> dict[str, Any]:
@@ -141,6 +145,7 @@ class PredictionLog:
             prediction_id or str(uuid.uuid4()),
             at.astimezone(UTC).isoformat(),
             str(model_version),
+            client,
             inputs,
             pass_probability,
             predicted_pass,
@@ -156,6 +161,8 @@ class PredictionLog:
         model_version: str,
         prediction_ids: Iterable[str],
         at: datetime,
+        *,
+        client: str,
     ) -> None:
         """Many predictions made at one instant (a batch request): log_prediction's records, one write each.
 
@@ -168,15 +175,16 @@ class PredictionLog:
         for row, p, decision, prediction_id in zip(
             inputs, pass_probabilities, predicted_passes, prediction_ids, strict=True
         ):
-            append(_prediction_record(prediction_id, stamp, version, row, p, decision))
+            append(_prediction_record(prediction_id, stamp, version, client, row, p, decision))
 
     def log_feedback(
-        self, prediction_id: str, math_score: int, *, at: datetime | None = None
+        self, prediction_id: str, math_score: int, *, client: str, at: datetime | None = None
     ) -> dict[str, Any]:
         at = at or utc_now()
         record = {
             "prediction_id": str(prediction_id),
             "timestamp": at.astimezone(UTC).isoformat(),
+            "client": client,
             "math_score": int(math_score),
         }
         self.feedback.append(record, at)
@@ -204,6 +212,18 @@ def _parse_timestamp(value: object) -> datetime:
     return ts.astimezone(UTC)
 
 
+# Lines written before clients were recorded have none; they stay usable, marked as such.
+UNATTRIBUTED = "unattributed"
+_CLIENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def _client(obj: Mapping[str, Any]) -> str:
+    client = obj.get("client", UNATTRIBUTED)
+    if not isinstance(client, str) or not _CLIENT.fullmatch(client):
+        raise ValueError(f"client {schema.shown(client)} is not a client name")
+    return client
+
+
 def _check_prediction(obj: Mapping[str, Any]) -> dict[str, Any]:
     uuid.UUID(str(obj["prediction_id"]))
     inputs = obj["inputs"]
@@ -221,6 +241,7 @@ def _check_prediction(obj: Mapping[str, Any]) -> dict[str, Any]:
         "prediction_id": str(obj["prediction_id"]),
         "timestamp": _parse_timestamp(obj["timestamp"]),
         "model_version": str(obj["model_version"]),
+        "client": _client(obj),
         **{
             name: inputs[name] if name in schema.CATEGORIES else int(inputs[name]) for name in schema.FEATURES
         },
@@ -237,6 +258,7 @@ def _check_feedback(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "prediction_id": str(obj["prediction_id"]),
         "timestamp": _parse_timestamp(obj["timestamp"]),
+        "client": _client(obj),
         "math_score": int(obj["math_score"]),
     }
 
@@ -283,17 +305,45 @@ def read_day(logs_dir: Path, kind: str, day: date) -> ReadResult:
 
 FEEDBACK_WINDOW_DAYS = 7
 
+
+def readers_of(kind: str, day: date) -> list[date]:
+    """The daily partitions whose ingestion reads one day file (see ``day_batch``).
+
+    A prediction file is read by its own day and, to tell orphan feedback from late feedback, by the
+    FEEDBACK_WINDOW_DAYS after it; a feedback file by its own day and the window before it.
+    """
+    sign = 1 if kind == PREDICTIONS else -1
+    return [date.fromordinal(day.toordinal() + sign * offset) for offset in range(FEEDBACK_WINDOW_DAYS + 1)]
+
+
+def expired_day_files(logs_dir: Path, keep_days: int, today: date) -> list[tuple[str, date, Path]]:
+    """Day files (kind, day, path) whose day is more than ``keep_days`` before ``today``, oldest first."""
+    cutoff = today.toordinal() - keep_days
+    found: list[tuple[str, date, Path]] = []
+    for kind in (PREDICTIONS, FEEDBACK):
+        for path in sorted((Path(logs_dir) / kind).glob("????-??-??.jsonl")):
+            try:
+                day = date.fromisoformat(path.stem)
+            except ValueError:
+                continue  # not one of ours
+            if day.toordinal() < cutoff:
+                found.append((kind, day, path))
+    return sorted(found, key=lambda item: (item[1], item[0]))
+
+
 BATCH_COLUMNS: tuple[str, ...] = (
     "prediction_id",
     "partition_date",
     "timestamp",
     "model_version",
+    "client",
     *schema.FEATURES,
     "pass_probability",
     "predicted_pass",
     schema.MATH_SCORE,
     schema.LABEL,
     "feedback_timestamp",
+    "feedback_client",
 )
 
 
@@ -315,9 +365,6 @@ def day_batch(logs_dir: Path, day: date) -> DayBatch:
     Feedback is counted as an orphan in the partition of the file it was written to, when no prediction of
     that day or the window before it has its id; so every feedback line is judged exactly once.
     """
-    import pandas as pd
-    import pyarrow as pa
-
     preds = read_day(logs_dir, PREDICTIONS, day)
     quarantined = list(preds.quarantined)
     by_id: dict[str, dict[str, Any]] = {}
@@ -359,15 +406,33 @@ def day_batch(logs_dir: Path, day: date) -> DayBatch:
                 schema.MATH_SCORE: fb[schema.MATH_SCORE] if fb else None,
                 schema.LABEL: schema.pass_math(fb[schema.MATH_SCORE]) if fb else None,
                 "feedback_timestamp": fb["timestamp"].replace(tzinfo=None) if fb else None,
+                "feedback_client": fb["client"] if fb else None,
             }
         )
+    frame = _batch_frame(rows)
+    return DayBatch(
+        day=day,
+        frame=frame,
+        quarantined=quarantined,
+        orphan_feedback=orphans,
+        duplicate_predictions=duplicates,
+        feedback_lines=len(own_feedback),
+    )
+
+
+def _batch_frame(rows: list[dict[str, Any]]) -> Any:
+    """The day's rows with explicit dtypes, so that even an empty day creates the warehouse table with the
+    right column types; the partition column must be a DATE, or re-materializing a day would duplicate rows."""
+    import pandas as pd
+    import pyarrow as pa
+
     frame = pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
-    # Explicit dtypes, so that even an empty day creates the warehouse table with the right column types;
-    # the partition column must be a DATE, or re-materializing a day would duplicate its rows.
     frame = frame.astype(
         {
             "prediction_id": "string",
             "model_version": "string",
+            "client": "string",
+            "feedback_client": "string",
             **{name: "string" for name in schema.CATEGORICAL_FEATURES},
             **{name: "int64" for name in schema.NUMERIC_FEATURES},
             "pass_probability": "float64",
@@ -379,11 +444,4 @@ def day_batch(logs_dir: Path, day: date) -> DayBatch:
     frame["partition_date"] = pd.Series(frame["partition_date"], dtype=pd.ArrowDtype(pa.date32()))
     frame["timestamp"] = pd.to_datetime(frame["timestamp"]).astype("datetime64[us]")
     frame["feedback_timestamp"] = pd.to_datetime(frame["feedback_timestamp"]).astype("datetime64[us]")
-    return DayBatch(
-        day=day,
-        frame=frame,
-        quarantined=quarantined,
-        orphan_feedback=orphans,
-        duplicate_predictions=duplicates,
-        feedback_lines=len(own_feedback),
-    )
+    return frame

@@ -150,7 +150,8 @@ class LoadedModel:
 
 def _read_mlmodel(model_dir: Path) -> dict[str, Any]:
     with open(model_dir / "MLmodel") as fh:
-        return yaml.safe_load(fh)
+        mlmodel: dict[str, Any] = yaml.safe_load(fh)
+    return mlmodel
 
 
 def load_version(version: ModelVersion, client: MlflowClient | None = None) -> LoadedModel:

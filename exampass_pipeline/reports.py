@@ -123,10 +123,7 @@ def _write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(
-            tmp, 0o644
-        )  # mkstemp creates 0600; a report is meant to be read by whoever serves the folder
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # mkstemp made it 0600: reports show students' data, so they stay owner-only
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -13,7 +13,6 @@ from typing import Any
 import dagster as dg
 import mlflow
 from dagster_duckdb import DuckDBResource
-from dagster_duckdb_pandas import DuckDBPandasIOManager
 from dagster_mlflow import mlflow_tracking
 from dagster_mlflow.resources import CONFIG_SCHEMA
 from mlflow import MlflowClient
@@ -22,7 +21,8 @@ from pydantic import SecretStr
 
 from exampass_pipeline import registry
 from exampass_pipeline.alerts import Alerter
-from exampass_pipeline.settings import Settings, ThresholdValues
+from exampass_pipeline.settings import Settings, ThresholdValues, restrict_new_files
+from exampass_pipeline.warehouse import WarehouseIOManager
 
 WAREHOUSE_SCHEMA = "exampass"
 
@@ -36,6 +36,8 @@ class ExamPassPaths(dg.ConfigurableResource):
     reports_dir: str
     mlflow_ui_url: str = "http://localhost:5000"
     dagster_ui_url: str = "http://localhost:3000"
+    # EXAMPASS_LOG_RETENTION_DAYS; 0 keeps the log day files forever.
+    log_retention_days: int = 0
 
     @property
     def logs(self) -> Path:
@@ -110,12 +112,17 @@ def _secret(settings: Settings, name: str) -> Any:
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
-    """All resources for one settings object; tests pass their own temp-dir settings."""
+    """All resources for one settings object; tests pass their own temp-dir settings.
+
+    Every process that wires the pipeline (code server, CLI, tests) writes student data from here on, so this
+    is where its new files become owner-only.
+    """
     settings = settings or Settings.from_env()
+    restrict_new_files()
     database = str(settings.duckdb_path)
     tracking_uri = _secret(settings, "mlflow_tracking_uri")
     return {
-        "io_manager": DuckDBPandasIOManager(database=database, schema=WAREHOUSE_SCHEMA),
+        "io_manager": WarehouseIOManager(database=database, schema=WAREHOUSE_SCHEMA),
         "warehouse": DuckDBResource(database=database),
         "mlflow_registry": MlflowRegistry(
             tracking_uri=tracking_uri,
@@ -139,6 +146,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
             logs_dir=str(settings.logs_dir),
             reports_dir=str(settings.reports_dir),
             mlflow_ui_url=settings.mlflow_ui_url,
+            log_retention_days=settings.log_retention_days or 0,
         ),
         "thresholds": Thresholds(**settings.thresholds()),
         "alerter": Alerter(webhook_url=_secret(settings, "alert_webhook")),

@@ -15,10 +15,12 @@ It must not import dagster: the API process reads the same settings.
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 from typing import Any, Self
 
+import limits
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -145,6 +147,30 @@ class Settings(BaseSettings, ThresholdValues):
     api_workers: int = Field(1, ge=1)
     model_poll_s: float = Field(30, gt=0, description="How often the API checks the champion alias.")
 
+    # -- who may write (docs/security.md) ----------------------------------------------------------------------
+    api_keys_file: Path = Field(
+        default_factory=lambda v: _home(v) / "api_keys.json",
+        description="The key store: names, scopes and salted hashes, never tokens.",
+    )
+    public_predict: bool = Field(True, description="false: the predict routes need a key with `predict`.")
+    rate_limit_public: str = Field("60/minute", description="Per address, for callers without a key.")
+    rate_limit_keyed: str | None = Field(
+        None, description="Per key; unset means keyed clients are unlimited."
+    )
+    rate_limit_storage: str = Field(
+        "memory://",
+        description="Where counters live (limits storage URI); redis:// shares them across workers.",
+    )
+    trusted_proxies: str | None = Field(
+        None, description="Comma-separated proxy addresses whose X-Forwarded-For is believed; unset: none."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The token ExamPass's own clients (simulator, benchmarks) send to the API."
+    )
+    log_retention_days: int | None = Field(
+        None, ge=8, description="Delete ingested log day files older than this; unset keeps them forever."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -157,11 +183,24 @@ class Settings(BaseSettings, ThresholdValues):
         """Keyword arguments (tests), then the environment; no .env file is read behind anyone's back."""
         return init_settings, _StrippedEnv(settings_cls)
 
-    @field_validator("home", "data_path", "dagster_home", "duckdb_path", "logs_dir", "reports_dir")
+    @field_validator(
+        "home", "data_path", "dagster_home", "duckdb_path", "logs_dir", "reports_dir", "api_keys_file"
+    )
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         # Resolved once, against the directory the process started in, so a later chdir cannot move state.
         return path.expanduser().absolute()
+
+    @field_validator("rate_limit_public", "rate_limit_keyed")
+    @classmethod
+    def _rate_limit(cls, text: str | None) -> str | None:
+        # Checked at start-up with the limiter's own parser, so a typo stops the API instead of a request.
+        if text is not None:
+            try:
+                limits.parse(text)
+            except ValueError:
+                raise ValueError("a rate limit such as '60/minute' or '1000/hour'") from None
+        return text
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -208,9 +247,15 @@ class Settings(BaseSettings, ThresholdValues):
         return {name: getattr(self, name) for name in ThresholdValues.model_fields}
 
     def ensure_dirs(self) -> None:
-        """Create the local folders; a no-op for the parts that configuration moved elsewhere."""
+        """Create the local folders, owner-only; a no-op for the parts that configuration moved elsewhere.
+
+        The home folder is set to 0700 even when it already existed: whatever an older version or another
+        tool left inside with looser modes is then out of other users' reach too.
+        """
+        restrict_new_files()
         for path in (self.home, self.dagster_home, self.logs_dir, self.reports_dir, self.duckdb_path.parent):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.chmod(0o700)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -227,6 +272,17 @@ def _describe(exc: ValidationError) -> str:
             continue
         parts.append(f"{env_var(name, field)}: {_reason(dict(error))}")
     return "; ".join(parts)
+
+
+def restrict_new_files() -> None:
+    """Make everything this process creates from now on owner-only: files 0600, folders 0700.
+
+    The logs hold every student's background and the warehouse and MLflow store hold the same data, so no
+    other account on the machine may read them. A process-wide umask covers the files third-party code
+    creates too (DuckDB, SQLite and its journals, MLflow artifacts, Dagster's storage), which no per-call
+    mode could. Every ExamPass entry point calls this before it writes anything.
+    """
+    os.umask(0o077)
 
 
 def _home(values: dict[str, Any]) -> Path:

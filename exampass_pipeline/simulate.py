@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 from exampass_pipeline import schema, synthetic
 from exampass_pipeline.predlog import PredictionLog
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.settings import Settings, SettingsError, restrict_new_files
 
 NO_CHAMPION = "no champion model registered yet: materialize the training assets"
 MAX_FEEDBACK_DELAY_DAYS = 7  # the monitoring join looks this far ahead for a day's feedback
 MAX_BATCH = 1000  # the API's /predict/batch limit
+CLIENT = "simulator"  # the client --write-logs history is attributed to
 _DAY_US = 86_400 * 1_000_000
 
 
@@ -71,6 +72,21 @@ class ApiSummary:
     latency_ms_p50: float = float("nan")
     latency_ms_p95: float = float("nan")
     prediction_ids: list[str] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        """Count an HTTP error; the first one is kept, with its body, to say what went wrong."""
+        self.errors += 1
+        self.first_error = self.first_error or message
+
+    def record_answers(self, answered: list[tuple[int, dict[str, Any]]], math: np.ndarray) -> None:
+        self.predictions = len(answered)
+        for _, pred in answered:
+            version = str(pred.get("model_version"))
+            self.model_versions[version] = self.model_versions.get(version, 0) + 1
+        self.prediction_ids = [str(pred["prediction_id"]) for _, pred in answered]
+        if answered:
+            self.predicted_pass_rate = float(np.mean([bool(p["predicted_pass"]) for _, p in answered]))
+            self.true_pass_rate = float(np.mean([schema.pass_math(math[i]) for i, _ in answered]))
 
 
 def history_days(end: date, days: int) -> list[date]:
@@ -181,10 +197,12 @@ def write_history(
             total=len(predictions) + len(feedback), desc="writing logs", unit="line", disable=not progress
         ) as bar:
             for at, inputs, proba_i, predicted_i, pid in predictions:
-                log.log_prediction(inputs, proba_i, predicted_i, model.version, prediction_id=pid, at=at)
+                log.log_prediction(
+                    inputs, proba_i, predicted_i, model.version, prediction_id=pid, client=CLIENT, at=at
+                )
                 bar.update()
             for at, pid, math_score in feedback:
-                log.log_feedback(pid, math_score, at=at)
+                log.log_feedback(pid, math_score, client=CLIENT, at=at)
                 bar.update()
     finally:
         log.close()
@@ -200,6 +218,65 @@ def _error_text(method: str, path: str, response: Any) -> str:
     return f"{method} {path} -> HTTP {response.status_code}: {body}"
 
 
+def _score_batches(
+    http: Any, base: str, payloads: list[dict[str, Any]], summary: ApiSummary, progress: bool
+) -> tuple[list[tuple[int, dict[str, Any]]], list[float]]:
+    """POST /predict/batch in chunks of MAX_BATCH; (student index, prediction) per answered student."""
+    answered: list[tuple[int, dict[str, Any]]] = []
+    latencies: list[float] = []
+    chunks = [range(i, min(i + MAX_BATCH, len(payloads))) for i in range(0, len(payloads), MAX_BATCH)]
+    with tqdm(total=len(payloads), desc="predict/batch", unit="student", disable=not progress) as bar:
+        for chunk in chunks:
+            t0 = time.perf_counter()
+            response = http.post(f"{base}/predict/batch", json={"students": [payloads[i] for i in chunk]})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if response.status_code != 200:
+                summary.fail(_error_text("POST", "/predict/batch", response))
+            else:
+                preds = response.json().get("predictions", [])
+                if len(preds) != len(chunk):
+                    summary.fail(f"POST /predict/batch -> {len(preds)} predictions for {len(chunk)} students")
+                else:
+                    answered.extend(zip(chunk, preds, strict=True))
+            bar.update(len(chunk))
+    return answered, latencies
+
+
+def _score_one_by_one(
+    http: Any, base: str, payloads: list[dict[str, Any]], summary: ApiSummary, progress: bool
+) -> tuple[list[tuple[int, dict[str, Any]]], list[float]]:
+    answered: list[tuple[int, dict[str, Any]]] = []
+    latencies: list[float] = []
+    for i, payload in enumerate(tqdm(payloads, desc="predict", unit="student", disable=not progress)):
+        t0 = time.perf_counter()
+        response = http.post(f"{base}/predict", json=payload)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if response.status_code != 200:
+            summary.fail(_error_text("POST", "/predict", response))
+        else:
+            answered.append((i, response.json()))
+    return answered, latencies
+
+
+def _report_outcomes(
+    http: Any,
+    base: str,
+    answered: list[tuple[int, dict[str, Any]]],
+    math: np.ndarray,
+    chosen: np.ndarray,
+    summary: ApiSummary,
+    progress: bool,
+) -> None:
+    for j in tqdm(sorted(chosen), desc="feedback", unit="label", disable=not progress):
+        i, pred = answered[j]
+        body = {"prediction_id": pred["prediction_id"], "math_score": int(math[i])}
+        response = http.post(f"{base}/feedback", json=body)
+        if response.status_code >= 300:
+            summary.fail(_error_text("POST", "/feedback", response))
+        else:
+            summary.feedback += 1
+
+
 def drive_api(
     url: str,
     n: int,
@@ -208,6 +285,7 @@ def drive_api(
     seed: int | None = None,
     batch: bool = False,
     *,
+    api_key: str | None = None,
     client: Any | None = None,
     timeout_s: float = 30.0,
     progress: bool = True,
@@ -215,9 +293,11 @@ def drive_api(
     """Send ``n`` synthetic students to ``{url}/predict`` (or ``/predict/batch``), then their true maths score
     to ``{url}/feedback`` for a ``feedback_rate`` share of the answered predictions.
 
-    HTTP errors are counted (the first one is kept with its body) and the run goes on, as a real client
-    population would; an API that cannot be reached at all raises ``ConnectionError``. ``client`` may be any
-    ``httpx.Client`` (e.g. FastAPI's ``TestClient``); by default one is created and closed here.
+    ``api_key`` is sent as ``Authorization: Bearer`` on every request, as any client would: /feedback needs
+    one with the ``feedback`` scope. HTTP errors are counted (the first one is kept with its body) and the run
+    goes on, as a real client population would; an API that cannot be reached at all raises
+    ``ConnectionError``. ``client`` may be any ``httpx.Client`` (e.g. FastAPI's ``TestClient``); by default
+    one is created and closed here.
     """
     import httpx
 
@@ -230,62 +310,17 @@ def drive_api(
     payloads = [_inputs(row) for row in students.to_dict("records")]
     math = students[schema.MATH_SCORE].to_numpy()
     summary = ApiSummary(url=base, scenario=scenario)
-    latencies: list[float] = []
-    answered: list[tuple[int, dict[str, Any]]] = []  # (student index, prediction)
-
-    def fail(message: str) -> None:
-        summary.errors += 1
-        summary.first_error = summary.first_error or message
-
     own = client is None
     http = httpx.Client(timeout=timeout_s) if own else client
+    if api_key:
+        http.headers["Authorization"] = f"Bearer {api_key}"
     started = time.perf_counter()
     try:
-        if batch:
-            chunks = [range(i, min(i + MAX_BATCH, len(payloads))) for i in range(0, len(payloads), MAX_BATCH)]
-            bar = tqdm(total=len(payloads), desc="predict/batch", unit="student", disable=not progress)
-            for chunk in chunks:
-                t0 = time.perf_counter()
-                response = http.post(f"{base}/predict/batch", json={"students": [payloads[i] for i in chunk]})
-                latencies.append((time.perf_counter() - t0) * 1000)
-                if response.status_code != 200:
-                    fail(_error_text("POST", "/predict/batch", response))
-                else:
-                    preds = response.json().get("predictions", [])
-                    if len(preds) != len(chunk):
-                        fail(f"POST /predict/batch -> {len(preds)} predictions for {len(chunk)} students")
-                    else:
-                        answered.extend(zip(chunk, preds, strict=True))
-                bar.update(len(chunk))
-            bar.close()
-        else:
-            for i, payload in enumerate(tqdm(payloads, desc="predict", unit="student", disable=not progress)):
-                t0 = time.perf_counter()
-                response = http.post(f"{base}/predict", json=payload)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                if response.status_code != 200:
-                    fail(_error_text("POST", "/predict", response))
-                else:
-                    answered.append((i, response.json()))
-
-        summary.predictions = len(answered)
-        for _, pred in answered:
-            version = str(pred.get("model_version"))
-            summary.model_versions[version] = summary.model_versions.get(version, 0) + 1
-        summary.prediction_ids = [str(pred["prediction_id"]) for _, pred in answered]
-        if answered:
-            summary.predicted_pass_rate = float(np.mean([bool(p["predicted_pass"]) for _, p in answered]))
-            summary.true_pass_rate = float(np.mean([schema.pass_math(math[i]) for i, _ in answered]))
-
+        score = _score_batches if batch else _score_one_by_one
+        answered, latencies = score(http, base, payloads, summary, progress)
+        summary.record_answers(answered, math)
         chosen = rng.choice(len(answered), size=_feedback_count(len(answered), feedback_rate), replace=False)
-        for j in tqdm(sorted(chosen), desc="feedback", unit="label", disable=not progress):
-            i, pred = answered[j]
-            body = {"prediction_id": pred["prediction_id"], "math_score": int(math[i])}
-            response = http.post(f"{base}/feedback", json=body)
-            if response.status_code >= 300:
-                fail(_error_text("POST", "/feedback", response))
-            else:
-                summary.feedback += 1
+        _report_outcomes(http, base, answered, math, chosen, summary, progress)
     except httpx.TransportError as exc:
         raise ConnectionError(f"cannot reach the API at {base}: {exc}") from exc
     finally:
@@ -399,13 +434,30 @@ def _print_history(summaries: list[DaySummary], logs_dir: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.error(str(exc))
 
     if args.api:
         if args.drift_start is not None or args.end_date is not None:
             parser.error("--drift-start and --end-date apply to --write-logs only")
+        api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        if api_key is None and args.feedback_rate > 0:
+            print(
+                "warning: EXAMPASS_API_KEY is not set, so /feedback will refuse the outcomes; create a key with "
+                "`exampass-apikey create simulator --scope feedback` and export its token",
+                file=sys.stderr,
+            )
         try:
             result = drive_api(
-                args.api, args.students, args.scenario, args.feedback_rate, args.seed, batch=args.batch
+                args.api,
+                args.students,
+                args.scenario,
+                args.feedback_rate,
+                args.seed,
+                batch=args.batch,
+                api_key=api_key,
             )
         except ConnectionError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -423,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from exampass_pipeline import registry
 
-    settings = Settings.from_env()
+    restrict_new_files()
     logs_dir = args.logs_dir or settings.logs_dir
     end = args.end_date or (datetime.now(UTC).date() - timedelta(days=1))
     days = history_days(end, args.days)

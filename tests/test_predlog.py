@@ -32,7 +32,7 @@ def at(day: date, hour: int = 12) -> datetime:
 def _write_many(logs_dir: str, n: int) -> None:
     log = predlog.PredictionLog(Path(logs_dir))
     for i in range(n):
-        log.log_prediction(STUDENT, 0.5 + i / (10 * n), True, "1", at=at(DAY))
+        log.log_prediction(STUDENT, 0.5 + i / (10 * n), True, "1", client="school-1", at=at(DAY))
     log.close()
 
 
@@ -44,8 +44,8 @@ def test_a_logged_batch_is_byte_identical_to_logging_each_row(tmp_path: Path) ->
     when = datetime(2026, 11, 20, 23, 59, 59, 999_999, tzinfo=UTC)
     one, many = predlog.PredictionLog(tmp_path / "one"), predlog.PredictionLog(tmp_path / "many")
     for row, p, d, pid in zip(rows, probabilities, decisions, ids, strict=True):
-        one.log_prediction(row, p, d, "7", prediction_id=pid, at=when)
-    many.log_predictions(rows, probabilities, decisions, "7", ids, when)
+        one.log_prediction(row, p, d, "7", prediction_id=pid, client="school-1", at=when)
+    many.log_predictions(rows, probabilities, decisions, "7", ids, when, client="school-1")
     one.close()
     many.close()
     name = predlog.day_file(Path(predlog.PREDICTIONS), DAY)
@@ -58,7 +58,9 @@ def test_concurrent_threads_and_processes_never_tear_lines(tmp_path: Path) -> No
     log = predlog.PredictionLog(tmp_path)
     threads = [
         threading.Thread(
-            target=lambda: [log.log_prediction(STUDENT, 0.9, True, "1", at=at(DAY)) for _ in range(300)]
+            target=lambda: [
+                log.log_prediction(STUDENT, 0.9, True, "1", client="school-1", at=at(DAY)) for _ in range(300)
+            ]
         )
         for _ in range(4)
     ]
@@ -80,14 +82,14 @@ def test_concurrent_threads_and_processes_never_tear_lines(tmp_path: Path) -> No
 def test_files_are_cut_by_utc_day(tmp_path: Path) -> None:
     log = predlog.PredictionLog(tmp_path)
     late_evening_elsewhere = datetime(2026, 11, 20, 23, 30, tzinfo=UTC) + timedelta(hours=1)
-    log.log_prediction(STUDENT, 0.2, False, "1", at=late_evening_elsewhere)
+    log.log_prediction(STUDENT, 0.2, False, "1", client="school-1", at=late_evening_elsewhere)
     log.close()
     assert (tmp_path / "predictions" / "2026-11-21.jsonl").exists()
 
 
 def test_malformed_lines_are_quarantined_with_reasons(tmp_path: Path) -> None:
     log = predlog.PredictionLog(tmp_path)
-    good = log.log_prediction(STUDENT, 0.8, True, "1", at=at(DAY))
+    good = log.log_prediction(STUDENT, 0.8, True, "1", client="school-1", at=at(DAY))
     log.close()
     path = predlog.day_file(tmp_path / "predictions", DAY)
     bad_category = dict(good, prediction_id=str(uuid.uuid4()), inputs=dict(STUDENT, lunch="caviar"))
@@ -111,16 +113,20 @@ def test_malformed_lines_are_quarantined_with_reasons(tmp_path: Path) -> None:
 
 def test_day_batch_joins_late_feedback_and_counts_orphans(tmp_path: Path) -> None:
     log = predlog.PredictionLog(tmp_path)
-    first = log.log_prediction(STUDENT, 0.9, True, "3", at=at(DAY))
-    second = log.log_prediction(STUDENT, 0.3, False, "3", at=at(DAY, 13))
-    log.log_prediction(STUDENT, 0.6, True, "3", at=at(DAY, 14))
-    log.log_feedback(first["prediction_id"], 40, at=at(DAY, 15))
-    log.log_feedback(first["prediction_id"], 45, at=at(DAY + timedelta(days=1)))  # correction wins
+    first = log.log_prediction(STUDENT, 0.9, True, "3", client="school-1", at=at(DAY))
+    second = log.log_prediction(STUDENT, 0.3, False, "3", client="school-1", at=at(DAY, 13))
+    log.log_prediction(STUDENT, 0.6, True, "3", client="school-1", at=at(DAY, 14))
+    log.log_feedback(first["prediction_id"], 40, client="school-1", at=at(DAY, 15))
     log.log_feedback(
-        second["prediction_id"], 81, at=at(DAY + timedelta(days=6))
+        first["prediction_id"], 45, client="school-1", at=at(DAY + timedelta(days=1))
+    )  # correction wins
+    log.log_feedback(
+        second["prediction_id"], 81, client="school-1", at=at(DAY + timedelta(days=6))
     )  # late but inside the window
-    log.log_feedback(str(uuid.uuid4()), 70, at=at(DAY, 16))  # matches nothing: orphan
-    log.log_feedback(second["prediction_id"], 12, at=at(DAY + timedelta(days=9)))  # outside the window
+    log.log_feedback(str(uuid.uuid4()), 70, client="school-1", at=at(DAY, 16))  # matches nothing: orphan
+    log.log_feedback(
+        second["prediction_id"], 12, client="school-1", at=at(DAY + timedelta(days=9))
+    )  # outside the window
     log.close()
     batch = predlog.day_batch(tmp_path, DAY)
     frame = batch.frame.set_index("prediction_id")
@@ -136,8 +142,8 @@ def test_day_batch_joins_late_feedback_and_counts_orphans(tmp_path: Path) -> Non
 
 def test_feedback_for_an_earlier_days_prediction_is_not_an_orphan(tmp_path: Path) -> None:
     log = predlog.PredictionLog(tmp_path)
-    earlier = log.log_prediction(STUDENT, 0.9, True, "3", at=at(DAY - timedelta(days=2)))
-    log.log_feedback(earlier["prediction_id"], 77, at=at(DAY))
+    earlier = log.log_prediction(STUDENT, 0.9, True, "3", client="school-1", at=at(DAY - timedelta(days=2)))
+    log.log_feedback(earlier["prediction_id"], 77, client="school-1", at=at(DAY))
     log.close()
     assert predlog.day_batch(tmp_path, DAY).orphan_feedback == 0
 

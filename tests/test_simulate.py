@@ -3,7 +3,6 @@ prediction-log reader, and a real HTTP server (the product API when it exists, e
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
 import threading
@@ -270,70 +269,21 @@ def test_cli_rejects_bad_options_naming_them(capsys):
 # --- --api mode -------------------------------------------------------------------------------------------
 
 
-def _product_app() -> Any | None:
-    """The real service when another engineer has built it; a minimal stand-in only until then."""
-    if importlib.util.find_spec("exampass_api.app") is None:
-        return None
-    from exampass_api import app as app_module
-
-    return app_module.create_app() if hasattr(app_module, "create_app") else None
-
-
-def _minimal_app(settings: Settings) -> Any:
-    """The documented API contract on top of the real registry and prediction-log writer."""
-    from fastapi import FastAPI, HTTPException
-
-    model = registry.load_champion()
-    assert model is not None
-    log = predlog.PredictionLog(settings.logs_dir)
-    app = FastAPI()
-
-    def score(students: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for student in students:
-            errors = schema.validate_record(student)
-            if errors or set(student) != set(schema.FEATURES):
-                raise HTTPException(422, "; ".join(map(str, errors)) or "unexpected fields")
-        proba = model.pipeline.predict_proba(pd.DataFrame(students)[list(schema.FEATURES)])[:, 1]
-        out = []
-        for student, p in zip(students, proba, strict=True):
-            rec = log.log_prediction(student, float(p), bool(p >= model.threshold), model.version)
-            out.append(
-                {k: rec[k] for k in ("prediction_id", "pass_probability", "predicted_pass", "model_version")}
-            )
-            out[-1]["explanation"] = []
-        return out
-
-    @app.post("/predict")
-    def predict(student: dict[str, Any]) -> dict[str, Any]:
-        return score([student])[0]
-
-    @app.post("/predict/batch")
-    def predict_batch(body: dict[str, Any]) -> dict[str, Any]:
-        return {"predictions": score(body["students"])}
-
-    @app.post("/feedback")
-    def feedback(body: dict[str, Any]) -> dict[str, Any]:
-        err = schema.score_error(body.get("math_score"))
-        if err:
-            raise HTTPException(422, f"math_score: {err}")
-        log.log_feedback(body["prediction_id"], body["math_score"])
-        return {"status": "recorded"}
-
-    return app
-
-
 @pytest.fixture(scope="module")
-def api(champion) -> Iterator[tuple[str, Settings, bool]]:
-    """A real uvicorn server in a thread, on a free port, serving the product app (or the stand-in)."""
+def api(champion) -> Iterator[tuple[str, Settings, str]]:
+    """A real uvicorn server in a thread, on a free port, serving the product app; plus a feedback key."""
     import uvicorn
+
+    from exampass_api.app import create_app
+    from exampass_api.keystore import create_key
 
     settings, _ = champion
     with pytest.MonkeyPatch.context() as mp:
         _point_env_at(mp, settings.home)
         registry.configure(settings)
-        app = _product_app()
-        is_product = app is not None
-        app = app or _minimal_app(settings)
+        token = create_key(settings.api_keys_file, "simulator", ["feedback"])
+        mp.setenv("EXAMPASS_API_KEY", token)  # what the CLI sends
+        app = create_app()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -345,7 +295,7 @@ def api(champion) -> Iterator[tuple[str, Settings, bool]]:
             assert thread.is_alive() and time.monotonic() < deadline, "API server did not start"
             time.sleep(0.05)
         try:
-            yield f"http://127.0.0.1:{port}", settings, is_product
+            yield f"http://127.0.0.1:{port}", settings, token
         finally:
             server.should_exit = True
             thread.join(timeout=15)
@@ -369,9 +319,11 @@ def _logged(settings: Settings, kind: str, ids: set[str], expected: int) -> list
 
 
 def test_drive_api_predicts_and_sends_feedback(api, champion):
-    url, settings, _ = api
+    url, settings, token = api
     _, model = champion
-    result = simulate.drive_api(url, 30, scenario="lunch_shift", feedback_rate=0.5, seed=1, progress=False)
+    result = simulate.drive_api(
+        url, 30, scenario="lunch_shift", feedback_rate=0.5, seed=1, progress=False, api_key=token
+    )
     assert result.errors == 0, result.first_error
     assert result.predictions == 30 and result.feedback == 15
     assert result.model_versions == {model.version: 30}
@@ -382,6 +334,8 @@ def test_drive_api_predicts_and_sends_feedback(api, champion):
     assert np.mean([r[schema.LUNCH] == "free/reduced" for r in predictions]) > 0.45
     feedback = _logged(settings, predlog.FEEDBACK, ids, 15)
     assert len(feedback) == 15
+    assert {r["client"] for r in feedback} == {"simulator"}
+    assert {r["client"] for r in predictions} == {"simulator"}
     # The reported maths scores are the synthetic students' own: same seed, same students.
     students = synthetic.sample(
         30, seed=int(np.random.default_rng(1).integers(2**63)), scenario="lunch_shift"
@@ -400,6 +354,16 @@ def test_drive_api_batch_mode_answers_in_order(api, champion):
     for pid, student in zip(result.prediction_ids, students.to_dict("records"), strict=True):
         assert by_id[pid][schema.READING_SCORE] == student[schema.READING_SCORE]
         assert by_id[pid][schema.GENDER] == student[schema.GENDER]
+
+
+def test_drive_api_without_a_key_gets_its_feedback_refused(api):
+    url, settings, _ = api
+    result = simulate.drive_api(url, 4, feedback_rate=1.0, seed=4, progress=False)
+    assert result.predictions == 4 and result.feedback == 0 and result.errors == 4
+    assert "HTTP 401" in str(result.first_error)
+    assert not _logged(settings, predlog.FEEDBACK, set(result.prediction_ids), 1)
+    predictions = _logged(settings, predlog.PREDICTIONS, set(result.prediction_ids), 4)
+    assert {r["client"] for r in predictions} == {"public"}
 
 
 def test_cli_api_mode_and_unreachable_api(api, capsys):

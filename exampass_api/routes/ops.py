@@ -6,11 +6,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from exampass_api.deps import Served
-from exampass_api.errors import NO_MODEL, JsonBodyRoute
+from exampass_api.errors import NO_MODEL
 from exampass_api.responses import JSONBytes
+from exampass_api.routing import ApiRoute
 from exampass_api.schemas import HealthOut, ModelOut, ReadyOut
 
-router = APIRouter(tags=["operations"], route_class=JsonBodyRoute)
+router = APIRouter(tags=["operations"], route_class=ApiRoute)
 
 
 @router.get("/health", response_model=HealthOut, summary="Liveness")

@@ -4,7 +4,8 @@ The student table grows with production: labelled prediction rows (inputs plus t
 feedback) join the original file, so a retrain learns from what the service actually saw.
 """
 
-from datetime import date
+import time
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,11 @@ from exampass_pipeline.resources import WAREHOUSE_SCHEMA, ExamPassPaths
 from exampass_pipeline.settings import Settings
 
 QUARANTINE_TABLE = f"{WAREHOUSE_SCHEMA}.quarantine"
+RETENTION_TABLE = f"{WAREHOUSE_SCHEMA}.log_retention"
+_RETENTION_DDL = (
+    f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}; CREATE TABLE IF NOT EXISTS {RETENTION_TABLE} "
+    "(deleted_at TIMESTAMP, kind VARCHAR, day DATE, file VARCHAR, bytes BIGINT)"
+)
 PRODUCTION_SOURCE = "production"
 SYNTHETIC_ROWS = 1000
 
@@ -68,13 +74,17 @@ def _production_rows(warehouse: DuckDBResource) -> pd.DataFrame:
     columns = ", ".join(schema.COLUMNS)
     with warehouse.get_connection() as conn:
         exists = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+            "AND column_name = 'feedback_client'",
             [WAREHOUSE_SCHEMA, "prediction_batches"],
         ).fetchone()
         if not exists or not exists[0]:
-            return pd.DataFrame(columns=list(schema.COLUMNS))
+            return pd.DataFrame(columns=[*schema.COLUMNS, dataset.CLIENT_COLUMN])
+        # The client of a training row is whoever reported its outcome: the label is what they supplied.
+        # Rows ingested before clients were recorded count as "unattributed".
         return conn.execute(
-            f"SELECT {columns} FROM {WAREHOUSE_SCHEMA}.prediction_batches "
+            f"SELECT {columns}, coalesce(feedback_client, '{predlog.UNATTRIBUTED}') AS {dataset.CLIENT_COLUMN} "
+            f"FROM {WAREHOUSE_SCHEMA}.prediction_batches "
             f"WHERE {schema.MATH_SCORE} IS NOT NULL ORDER BY timestamp, prediction_id"
         ).df()
 
@@ -97,12 +107,14 @@ def students(
         parts.append(dataset.clean_students(production, PRODUCTION_SOURCE))
     table = pd.concat(parts, ignore_index=True)
     counts = table[dataset.SOURCE_COLUMN].value_counts().to_dict()
-    context.log.info(f"students: {len(table)} rows by source {counts}")
+    clients = table[dataset.CLIENT_COLUMN].value_counts().to_dict()
+    context.log.info(f"students: {len(table)} rows by source {counts}, by client {clients}")
     return dg.Output(
         table,
         metadata={
             "dagster/row_count": len(table),
             "rows_by_source": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
+            "rows_by_client": dg.MetadataValue.json({str(k): int(v) for k, v in clients.items()}),
             "pass_rate": float(table[schema.LABEL].mean()),
             "preview": _markdown_preview(table),
         },
@@ -142,6 +154,13 @@ def prediction_batches(
     quarantine table with their reason instead of failing the whole day.
     """
     day = date.fromisoformat(context.partition_key)
+    deleted = _deleted_by_retention(warehouse, day)
+    if deleted:
+        # Re-ingesting would replace the stored rows with an empty day: refuse, and keep what is stored.
+        raise dg.Failure(
+            description=f"the log files of {day} were deleted by log retention on {deleted}; the rows ingested "
+            "before are kept as they are (EXAMPASS_LOG_RETENTION_DAYS)"
+        )
     batch = predlog.day_batch(paths.logs, day)
     frame = batch.frame
     _store_quarantine(warehouse, day, batch.quarantined)
@@ -156,6 +175,7 @@ def prediction_batches(
         context.log.warning(f"{len(batch.quarantined)} malformed log line(s) quarantined for {day}")
     if batch.orphan_feedback:
         context.log.warning(f"{batch.orphan_feedback} feedback line(s) on {day} match no prediction")
+    removed = _apply_retention(context, paths, warehouse) if paths.log_retention_days else []
     return dg.Output(
         frame,
         metadata={
@@ -166,5 +186,64 @@ def prediction_batches(
             "duplicate_predictions": batch.duplicate_predictions,
             "feedback_lines": batch.feedback_lines,
             "log_file": dg.MetadataValue.path(str(predlog.day_file(paths.logs / predlog.PREDICTIONS, day))),
+            "log_files_deleted_by_retention": dg.MetadataValue.json([str(p) for p in removed]),
         },
     )
+
+
+def _deleted_by_retention(warehouse: DuckDBResource, day: date) -> str | None:
+    with warehouse.get_connection() as conn:
+        conn.execute(_RETENTION_DDL)
+        row = conn.execute(
+            f"SELECT max(deleted_at) FROM {RETENTION_TABLE} WHERE kind = ? AND day = ?",
+            [predlog.PREDICTIONS, day],
+        ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def _apply_retention(
+    context: dg.AssetExecutionContext, paths: ExamPassPaths, warehouse: DuckDBResource
+) -> list[Path]:
+    """Delete log day files older than the retention, but only those every reader has already ingested.
+
+    A file counts as ingested when each partition that reads it (``predlog.readers_of``) has a materialization
+    newer than the file's last change, so nothing written after an ingestion is ever lost. Deletions are
+    recorded in the warehouse (``log_retention``) and in the run's metadata.
+    """
+    today = datetime.now(UTC).date()
+    expired = predlog.expired_day_files(paths.logs, paths.log_retention_days, today)
+    if not expired:
+        return []
+    valid = set(daily_partitions.get_partition_keys())
+    wanted = sorted(
+        {d.isoformat() for kind, day, _ in expired for d in predlog.readers_of(kind, day)} & valid
+    )
+    latest: dict[str, float] = {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=wanted),
+        limit=10 * len(wanted) + 10,
+    ).records
+    for record in records:
+        if record.partition_key is not None:
+            latest[record.partition_key] = max(latest.get(record.partition_key, 0.0), record.timestamp)
+    latest[context.partition_key] = time.time()  # this step has just read its files
+    removed: list[tuple[str, date, Path, int]] = []
+    for kind, day, path in expired:
+        readers = [d.isoformat() for d in predlog.readers_of(kind, day) if d.isoformat() in valid]
+        changed = path.stat().st_mtime
+        if readers and all(latest.get(key, 0.0) > changed for key in readers):
+            size = path.stat().st_size
+            path.unlink()
+            removed.append((kind, day, path, size))
+    if removed:
+        with warehouse.get_connection() as conn:
+            conn.execute(_RETENTION_DDL)
+            now = datetime.now(UTC).replace(tzinfo=None)
+            conn.executemany(
+                f"INSERT INTO {RETENTION_TABLE} VALUES (?, ?, ?, ?, ?)",
+                [[now, kind, day, str(path), size] for kind, day, path, size in removed],
+            )
+        context.log.info(
+            f"log retention ({paths.log_retention_days} days) deleted {len(removed)} day file(s)"
+        )
+    return [path for _, _, path, _ in removed]

@@ -26,6 +26,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from support import REPO_ROOT, STATE_VARS
 
+from exampass_api.keystore import create_key
 from exampass_pipeline import modeling, registry
 from exampass_pipeline.demo import free_port
 from exampass_pipeline.settings import Settings
@@ -118,6 +119,9 @@ class Server:
     url: str
     logs_dir: Path
     output: Path
+    # A key with the predict scope: load tests authenticate like ExamPass's own clients do, so the public
+    # per-address rate limit (which they would exceed in a second) does not apply to them.
+    headers: dict[str, str]
 
     def wait_healthy(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -155,6 +159,8 @@ class Server:
 def run_server(settings: Settings, logs_dir: Path, *, poll_s: float = 0.2) -> Iterator[Server]:
     """``python -m exampass_api`` on a free loopback port, against the given home, until the block ends."""
     port = free_port()
+    keys = logs_dir.parent / f"api-keys-{port}.json"
+    token = create_key(keys, "load-test", ["predict"])
     env = {
         **{k: v for k, v in os.environ.items() if k not in STATE_VARS and not k.startswith("MLFLOW_")},
         "EXAMPASS_HOME": str(settings.home),
@@ -164,6 +170,7 @@ def run_server(settings: Settings, logs_dir: Path, *, poll_s: float = 0.2) -> It
         "EXAMPASS_API_HOST": "127.0.0.1",
         "EXAMPASS_API_PORT": str(port),
         "EXAMPASS_API_WORKERS": "1",
+        "EXAMPASS_API_KEYS_FILE": str(keys),
     }
     output = logs_dir.parent / f"server-{port}.out"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +182,9 @@ def run_server(settings: Settings, logs_dir: Path, *, poll_s: float = 0.2) -> It
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    server = Server(process, f"http://127.0.0.1:{port}", logs_dir, output)
+    server = Server(
+        process, f"http://127.0.0.1:{port}", logs_dir, output, {"Authorization": f"Bearer {token}"}
+    )
     try:
         server.wait_healthy()
         yield server

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from exampass_api.app import create_app
+from exampass_api.keystore import create_key
 from exampass_api.model_store import NO_CHAMPION
 from exampass_api.schemas import MAX_BATCH
 from exampass_pipeline import predlog, registry, schema
@@ -36,21 +37,30 @@ STUDENT: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def served(
     api_registry: Registry, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[TestClient, Path]]:
-    """The app on the session registry, with its own logs dir so line counts belong to this module."""
+) -> Iterator[tuple[TestClient, Path, str]]:
+    """The app on the session registry, with its own logs dir and key store, so lines belong to this module."""
     logs = tmp_path_factory.mktemp("testclient-logs")
-    with use_home(api_registry.settings.home, EXAMPASS_LOGS=str(logs)) as settings:
-        with TestClient(create_app(settings)) as client:
-            yield client, logs
+    keys = logs.parent / "api_keys.json"
+    with use_home(api_registry.settings.home, EXAMPASS_LOGS=str(logs), EXAMPASS_API_KEYS_FILE=str(keys)) as s:
+        token = create_key(keys, "grades-export", ["feedback"])
+        with TestClient(create_app(s)) as client:
+            yield client, logs, token
 
 
 @pytest.fixture
-def client(served: tuple[TestClient, Path]) -> TestClient:
+def feedback(served: tuple[TestClient, Path, str]) -> Any:
+    """POST /feedback as the module's feedback client (the endpoint needs a key with that scope)."""
+    client, _, token = served
+    return lambda body: client.post("/feedback", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def client(served: tuple[TestClient, Path, str]) -> TestClient:
     return served[0]
 
 
 @pytest.fixture
-def lines(served: tuple[TestClient, Path]) -> Any:
+def lines(served: tuple[TestClient, Path, str]) -> Any:
     return lambda: prediction_lines(served[1])
 
 
@@ -297,12 +307,15 @@ def test_bad_batches_are_422_and_nothing_is_logged(
 
 @pytest.mark.parametrize("path", ["/predict", "/predict/batch", "/feedback"])
 def test_absurdly_nested_json_is_422_on_every_endpoint_and_nothing_is_logged(
-    client: TestClient, lines: Any, served: tuple[TestClient, Path], path: str
+    client: TestClient, lines: Any, served: tuple[TestClient, Path, str], path: str
 ) -> None:
     logs = served[1]
     before = len(lines()), sorted(p.stat().st_size for p in logs.rglob("*.jsonl"))
+    auth = {"Authorization": f"Bearer {served[2]}"} if path == "/feedback" else {}
     for body in ("[" * 5_000 + "]" * 5_000, '{"students": ' + "[" * 100_000 + "]" * 100_000 + "}"):
-        response = client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+        response = client.post(
+            path, content=body.encode(), headers={"content-type": "application/json", **auth}
+        )
         assert response.status_code == 422, response.text
         assert response.json()["errors"] == [
             {"field": "body", "reason": "JSON nested too deeply; send a flat JSON object per student"}
@@ -334,9 +347,11 @@ def test_batch_non_finite_score_names_the_field(client: TestClient) -> None:
     assert wrong_type.status_code == 415
 
 
-def test_feedback_is_recorded_for_monitoring(client: TestClient, served: tuple[TestClient, Path]) -> None:
+def test_feedback_is_recorded_for_monitoring(
+    client: TestClient, served: tuple[TestClient, Path, str], feedback: Any
+) -> None:
     prediction = client.post("/predict", json=STUDENT).json()
-    response = client.post("/feedback", json={"prediction_id": prediction["prediction_id"], "math_score": 47})
+    response = feedback({"prediction_id": prediction["prediction_id"], "math_score": 47})
     assert response.status_code == 202
     assert response.json() == {
         "status": "recorded",
@@ -348,6 +363,7 @@ def test_feedback_is_recorded_for_monitoring(client: TestClient, served: tuple[T
     records = predlog.read_day(served[1], predlog.FEEDBACK, today).records
     assert records[-1]["prediction_id"] == prediction["prediction_id"]
     assert records[-1]["math_score"] == 47
+    assert records[-1]["client"] == "grades-export"
     joined = predlog.day_batch(served[1], today).frame.set_index("prediction_id")
     assert bool(joined.loc[prediction["prediction_id"], schema.LABEL]) is False
 
@@ -363,11 +379,11 @@ def test_feedback_is_recorded_for_monitoring(client: TestClient, served: tuple[T
     ],
 )
 def test_bad_feedback_is_422_and_not_recorded(
-    client: TestClient, served: tuple[TestClient, Path], body: dict[str, Any], field: str
+    served: tuple[TestClient, Path, str], feedback: Any, body: dict[str, Any], field: str
 ) -> None:
     directory = served[1] / predlog.FEEDBACK
     before = sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl"))
-    response = client.post("/feedback", json=body)
+    response = feedback(body)
     assert response.status_code == 422
     assert field in response.json()["detail"]
     assert sum(len(p.read_bytes().splitlines()) for p in directory.glob("*.jsonl")) == before

@@ -53,7 +53,7 @@ def _load(
     lock = threading.Lock()
 
     def worker(t: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+        with httpx.Client(base_url=server.url, timeout=30.0, headers=server.headers) as client:
             i = 0
             while not stop.is_set() and (per_thread is None or i < per_thread):
                 body = records[(t * 7919 + i) % len(records)]
@@ -128,7 +128,7 @@ def test_500_concurrent_requests_make_exactly_one_line_per_answer(
     before = len(prediction_lines(logs))
     workers, results = _load(live.server, records, threads=10, stop=threading.Event(), per_thread=45)
     # Interleave refused requests: they must not leave lines behind.
-    with httpx.Client(base_url=live.server.url) as client:
+    with httpx.Client(base_url=live.server.url, headers=live.server.headers) as client:
         refused = [client.post("/predict", json={**STUDENT, "gender": "?"}).status_code for _ in range(50)]
     for w in workers:
         w.join(timeout=60)
@@ -182,7 +182,7 @@ def test_sigkill_mid_load_leaves_only_whole_lines(live: Live, records: list[dict
     workers, results = _load(server, records, threads=6, stop=stop)
 
     def batches() -> None:
-        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+        with httpx.Client(base_url=server.url, timeout=30.0, headers=server.headers) as client:
             while not stop.is_set():
                 try:
                     client.post("/predict/batch", json={"students": records[:1000]})

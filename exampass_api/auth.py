@@ -1,0 +1,163 @@
+"""Who is calling, what they may do, and how often: the API's trust boundary.
+
+Every route that writes or scores declares a ``Guard`` among its dependencies. The route class
+(``routing.ApiRoute``) runs the guard *before* the body is read, so a caller without the right key, or over
+its rate, is refused without costing a parse and without anything being logged; the route then receives the
+``Client`` as an ordinary dependency and names it in every log record it writes.
+
+* ``/feedback`` always needs a key with the ``feedback`` scope: labels teach the next model.
+* The predict routes are public unless ``EXAMPASS_PUBLIC_PREDICT=false``; then they need ``predict``.
+* A request that sends a token is judged by it even where none is needed: a revoked or mistyped key gets a
+  401, instead of silently becoming "public" and losing its attribution.
+* ``admin`` holds every scope.
+
+Rate limits (the ``limits`` library, sliding-window counters, O(1) memory per caller): callers without a key
+are counted per address (the connection's own address; ``X-Forwarded-For`` only from EXAMPASS_TRUSTED_PROXIES,
+which uvicorn applies), keyed callers per key name. Counters live in ``EXAMPASS_RATE_LIMIT_STORAGE`` (memory
+per worker by default; a ``redis://`` URI shares them across workers and replicas).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItem, parse
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from exampass_api.keystore import PUBLIC, KeyRing
+from exampass_pipeline.settings import Settings
+
+PREDICT: Final = "predict"
+FEEDBACK: Final = "feedback"
+ADMIN: Final = "admin"
+_BEARER_DOC: Final = HTTPBearer(auto_error=False, description="An ExamPass API key: `exampass-apikey create`")
+
+
+@dataclass(frozen=True)
+class Client:
+    """The caller of one request, as the logs name it: a key's name, or ``public``."""
+
+    name: str
+    keyed: bool
+    address: str
+
+
+class Refused(Exception):
+    """A request refused at the boundary: answered with this status, detail and headers, never logged."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def _challenge(error: str, reason: str, scope: str | None = None) -> dict[str, str]:
+    # RFC 6750: the scheme, and why, so a client library can tell "send a key" from "this key is wrong".
+    extra = f', scope="{scope}"' if scope else ""
+    return {
+        "WWW-Authenticate": f'Bearer realm="exampass", error="{error}", error_description="{reason}"{extra}'
+    }
+
+
+def bearer_token(header: str) -> str:
+    """The token of an ``Authorization`` header, or Refused(401) saying what is wrong with it."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        reason = "malformed Authorization header: expected 'Bearer <token>'"
+        raise Refused(401, reason, _challenge("invalid_request", reason))
+    if not token.isascii() or not token.isprintable() or " " in token:
+        reason = "malformed Authorization header: the token has characters no ExamPass token has"
+        raise Refused(401, reason, _challenge("invalid_request", reason))
+    return token
+
+
+class Access:
+    """One per app: the key ring, the limiter and the two limits, built from settings at start-up."""
+
+    def __init__(self, settings: Settings, keyring: KeyRing) -> None:
+        self.keyring = keyring
+        self.public_predict = settings.public_predict
+        self.limiter = SlidingWindowCounterRateLimiter(storage_from_string(settings.rate_limit_storage))
+        self.public_limit: RateLimitItem = parse(settings.rate_limit_public)
+        self.keyed_limit: RateLimitItem | None = (
+            parse(settings.rate_limit_keyed) if settings.rate_limit_keyed else None
+        )
+
+    def identify(self, request: Request, scope: str) -> Client:
+        """The client of a request to a route needing ``scope``, or Refused (401, 403 or 429)."""
+        address = request.client.host if request.client else "unknown"
+        header = request.headers.get("authorization")
+        if header is None:
+            if scope == PREDICT and self.public_predict:
+                client = Client(PUBLIC, False, address)
+                self._count(client, self.public_limit, f"address {address}")
+                return client
+            reason = f"this endpoint needs an API key with the '{scope}' scope: send 'Authorization: Bearer <token>'"
+            raise Refused(401, reason, _challenge("invalid_request", reason, scope))
+        key = self.keyring.verify(bearer_token(header))
+        if key is None:
+            reason = "unknown or revoked API key"
+            raise Refused(401, reason, _challenge("invalid_token", reason))
+        # A public route needs no scope: any valid key is welcome there, and names its holder in the log.
+        if not (scope == PREDICT and self.public_predict) and not key.allows(scope):
+            reason = (
+                f"the key '{key.name}' lacks the '{scope}' scope (it has: {', '.join(sorted(key.scopes))})"
+            )
+            raise Refused(403, reason, _challenge("insufficient_scope", reason, scope))
+        client = Client(key.name, True, address)
+        if self.keyed_limit is not None:
+            self._count(client, self.keyed_limit, f"key '{key.name}'")
+        return client
+
+    def _count(self, client: Client, limit: RateLimitItem, who: str) -> None:
+        identity = client.name if client.keyed else client.address
+        if self.limiter.hit(limit, "keyed" if client.keyed else "public", identity):
+            return
+        reset = self.limiter.get_window_stats(
+            limit, "keyed" if client.keyed else "public", identity
+        ).reset_time
+        wait = max(1, math.ceil(reset - time.time()))
+        raise Refused(
+            429,
+            f"rate limit of {limit} exceeded for {who}; retry after {wait} s",
+            {"Retry-After": str(wait)},
+        )
+
+
+class Guard:
+    """A route's access rule, declared as the dependency that gives the route its caller (``PredictCaller``).
+
+    ``routing.ApiRoute`` finds it and calls ``check`` before the body is read; as a dependency it then only
+    hands the already-identified client to the route (and documents the bearer scheme in OpenAPI).
+    """
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    def check(self, request: Request) -> Client:
+        access: Access = request.app.state.access
+        client = access.identify(request, self.scope)
+        request.state.client = client
+        return client
+
+    async def __call__(
+        self,
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER_DOC)],
+    ) -> Client:
+        client: Client | None = getattr(request.state, "client", None)
+        return client if client is not None else self.check(request)
+
+
+# What a route declares to be guarded and to learn its caller: ``client: FeedbackCaller``.
+PredictCaller = Annotated[Client, Depends(Guard(PREDICT))]
+FeedbackCaller = Annotated[Client, Depends(Guard(FEEDBACK))]
+AdminCaller = Annotated[Client, Depends(Guard(ADMIN))]

@@ -1,0 +1,89 @@
+"""The route class every ExamPass route uses: the boundary checks that run before FastAPI reads a body.
+
+In order, for every request to a route:
+
+1. its ``Guard`` (``auth``): no key, a wrong key, a missing scope or a spent rate is refused with 401, 403
+   or 429 before anything else happens, so a refused request costs no parse and is never logged;
+2. for a POST, the body's declared media type (415 for anything the route does not take: JSON by default,
+   CSV for ``CsvRoute``, forms for ``FormRoute``);
+3. a body FastAPI cannot even decode (not UTF-8, nested past the parser's stack), which it answers with a
+   bare 400, becomes the 422 shape every other malformed body gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+from exampass_api.auth import Guard, Refused
+from exampass_api.errors import JSON, invalid, is_json, unreadable_body, unsupported
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def refusal(exc: Refused) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+
+
+class ApiRoute(APIRoute):
+    """A route whose POST body is JSON (``accepts``), guarded as its dependencies declare."""
+
+    accepts: ClassVar[tuple[str, ...]] = (JSON,)
+
+    def accepted(self, content_type: str) -> bool:
+        return is_json(content_type)
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+        guards = [dep.call for dep in self.dependant.dependencies if isinstance(dep.call, Guard)]
+        checks_body = "POST" in (self.methods or set())
+
+        async def route(request: Request) -> Response:
+            try:
+                for guard in guards:
+                    guard.check(request)
+            except Refused as exc:
+                return refusal(exc)
+            if checks_body:
+                content_type = request.headers.get("content-type")
+                if content_type is None:
+                    if request.headers.get("content-length", "") != "0":
+                        return unsupported(None, self.accepts[0])
+                elif not self.accepted(content_type):
+                    return unsupported(content_type, self.accepts[0])
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                error = unreadable_body(exc)
+                if error is None:
+                    raise
+                return invalid([error], request.url.path)
+
+        return route
+
+
+def _media(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+class CsvRoute(ApiRoute):
+    """A route that takes a CSV file as its body (spreadsheets and curl send it as text/csv)."""
+
+    accepts: ClassVar[tuple[str, ...]] = ("text/csv", "application/csv", "text/plain")
+
+    def accepted(self, content_type: str) -> bool:
+        return _media(content_type) in self.accepts
+
+
+class FormRoute(ApiRoute):
+    """A route of the web page: HTML forms post urlencoded fields or multipart files."""
+
+    accepts: ClassVar[tuple[str, ...]] = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+    def accepted(self, content_type: str) -> bool:
+        return _media(content_type) in self.accepts
