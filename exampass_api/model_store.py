@@ -20,10 +20,12 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import numpy as np
 import orjson
 
 from exampass_api.schemas import EXPLANATION_TOP_K
@@ -77,6 +79,18 @@ class Bundle:
             },
         }
         return cls(model, scorer, model.version, float(model.threshold), info, orjson.dumps(info))
+
+    def thresholds(self, codes: np.ndarray) -> np.ndarray:
+        """The pass-probability cut-off applied to each encoded row (``scorer.encode`` codes).
+
+        Every decision goes through here (and ``threshold_for``), so a rule that sets the cut-off per group
+        of students changes one place, not every route.
+        """
+        return np.full(len(codes), self.threshold)
+
+    def threshold_for(self, record: Mapping[str, Any]) -> float:
+        """The cut-off for one validated student record."""
+        return self.threshold
 
 
 class ModelStore:

@@ -188,7 +188,7 @@ class PredictionService:
 
     def predict_one(self, bundle: Bundle, record: Mapping[str, Any], client: str) -> bytes:
         proba, contributions = bundle.scorer.explain_one(record)
-        predicted = proba >= bundle.threshold
+        predicted = proba >= bundle.threshold_for(record)
         prediction_id = new_prediction_id()
         self.predlog.log_prediction(
             record, proba, predicted, bundle.version, prediction_id=prediction_id, client=client
@@ -216,7 +216,7 @@ class PredictionService:
         version = bundle.version
         ids = new_prediction_ids(len(records))
         probabilities = proba.tolist()
-        decisions = (proba >= bundle.threshold).tolist()
+        decisions = (proba >= bundle.thresholds(codes)).tolist()
         self.predlog.log_predictions(
             records, probabilities, decisions, version, ids, datetime.now(UTC), client=client
         )

@@ -26,14 +26,7 @@ class DataError(ValueError):
 
 
 def _header_map(columns: list[str], path: Path) -> dict[str, str]:
-    """Map the file's header onto schema names, accepting the published Kaggle header or our snake_case."""
-    by_snake = {schema.snake_case(k): v for k, v in schema.KAGGLE_HEADER.items()}
-    mapping: dict[str, str] = {}
-    for col in columns:
-        target = schema.KAGGLE_HEADER.get(col) or by_snake.get(schema.snake_case(col))
-        if target:
-            mapping[col] = target
-    missing = [c for c in schema.COLUMNS if c not in mapping.values()]
+    mapping, missing = schema.header_map(columns)
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)}; the header has {', '.join(map(repr, columns))}"

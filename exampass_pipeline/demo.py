@@ -25,6 +25,7 @@ import dagster as dg
 import duckdb
 import httpx
 
+from exampass_api.keystore import create_key
 from exampass_pipeline import registry, simulate, synthetic
 from exampass_pipeline.cli import (
     instance_for,
@@ -34,6 +35,9 @@ from exampass_pipeline.cli import (
     settings_from_env,
 )
 from exampass_pipeline.settings import Settings
+
+# The client name the demo's outcomes are attributed to, as a school's grade export would be.
+DEMO_CLIENT = "demo-school"
 
 
 class WebhookReceiver:
@@ -163,6 +167,18 @@ def _evaluate_sensor(instance: dg.DagsterInstance, settings: Settings) -> list[d
     return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """What the demo simulates: ordinary days, then days of one drift scenario."""
+
+    normal_days: int = 3
+    drift_days: int = 2
+    rows_per_day: int = 200
+    scenario: str = "lunch_shift"
+    seed: int = 7
+    end: date | None = None
+
+
 def run_story(
     settings: Settings,
     *,
@@ -173,6 +189,7 @@ def run_story(
     seed: int = 7,
     end: date | None = None,
 ) -> Story:
+    plan = Scenario(normal_days, drift_days, rows_per_day, scenario, seed, end)
     story = Story(settings)
     started = time.monotonic()
     receiver = WebhookReceiver()
@@ -183,93 +200,11 @@ def run_story(
     instance = instance_for(settings)
     api: ApiProcess | None = None
     try:
-        story.say(f"1. training on {settings.data_path} ...")
-        trained = materialize_training(instance, settings)
-        if not trained.success:
-            raise RuntimeError("training failed; see the Dagster run " + trained.run_id)
-        registry.configure(settings)
-        champion = registry.load_champion()
-        assert champion is not None
-        story.first_version = champion.version
-        story.say(
-            f"   champion is version {champion.version} ({champion.candidate}), "
-            f"test ROC-AUC {champion.metrics.get('test_roc_auc', float('nan')):.3f}"
-        )
-
-        story.say("2. starting the prediction API ...")
-        api = ApiProcess(dict(os.environ), settings.home / "api.log")
-        story.served_version_before = str(api.wait_ready()["version"])
-        live = simulate.drive_api(api.url, 20, seed=seed, progress=False)
-        story.api_predictions = live.predictions
-        story.say(
-            f"   {api.url} serves version {story.served_version_before}; {live.predictions} live predictions"
-        )
-
-        last = end or (datetime.now(UTC).date() - timedelta(days=1))
-        days = simulate.history_days(last, normal_days + drift_days)
-        drift_start = days[normal_days]
-        story.say(
-            f"3. simulating {normal_days} ordinary days then {drift_days} days of {scenario} "
-            f"({days[0]} .. {days[-1]}, {rows_per_day} students a day, with feedback) ..."
-        )
-        summaries = simulate.write_history(
-            settings.logs_dir,
-            champion,
-            days,
-            rows_per_day,
-            scenario,
-            drift_start,
-            feedback_rate=1.0,
-            feedback_delay_days=0,
-            seed=seed,
-            progress=False,
-        )
-
-        story.say("4. materializing the monitoring partitions ...")
-        for summary in summaries:
-            result = materialize_monitoring(instance, settings, summary.day.isoformat())
-            checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-            story.days.append(DayOutcome(summary.day, summary.scenario, summary.rows, checks))
-            verdict = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in sorted(checks.items()))
-            story.say(f"   {summary.day} [{summary.scenario:11s}] {verdict}")
-
-        with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
-            story.alerts = conn.execute(
-                "SELECT check_name, partition_key, severity, delivery_status FROM exampass.alerts ORDER BY created_at"
-            ).fetchall()
-        story.webhook_bodies = list(receiver.bodies)
-        story.say(
-            f"5. {len(story.alerts)} alert(s) recorded in DuckDB exampass.alerts; "
-            f"the webhook received {len(story.webhook_bodies)}"
-        )
-
-        story.run_requests = _evaluate_sensor(instance, settings)
-        story.say(
-            f"6. the sensor retrain_on_failed_checks requested {len(story.run_requests)} run(s)"
-            + (f": {story.run_requests[0].run_key}" if story.run_requests else "")
-        )
-        if story.run_requests:
-            from exampass_pipeline.jobs import RETRAIN
-
-            request = story.run_requests[0]
-            retrain = materialize_training(instance, settings, selection=RETRAIN, tags=request.tags)
-            story.retrain_run_id = retrain.run_id
-            story.retrain_success = retrain.success
-            for event in retrain.get_asset_materialization_events():
-                meta = event.materialization.metadata
-                if event.asset_key == dg.AssetKey("model_evaluation"):
-                    story.new_version = str(meta["model_version"].value)
-                    story.decision = str(meta["decision"].value)
-                    story.reason = str(meta["reason"].value)
-                if event.asset_key == dg.AssetKey("students"):
-                    story.production_rows_in_training = int(meta["rows_by_source"].value.get("production", 0))
-            story.say(
-                f"7. retrained on {story.production_rows_in_training} labelled production rows: version "
-                f"{story.new_version} {story.decision} ({story.reason})"
-            )
-            expected = story.new_version if story.decision == "promoted" else story.served_version_before
-            story.served_version_after = str(api.wait_version(expected)["version"])
-            story.say(f"8. the API now serves version {story.served_version_after} (no restart)")
+        champion = _train(story, instance, settings)
+        api = _serve(story, settings, plan.seed)
+        summaries = _simulate(story, settings, champion, plan)
+        _monitor(story, instance, settings, summaries, receiver)
+        _retrain(story, instance, settings, api)
         story.say(
             f"Reports: {settings.reports_dir / 'drift'} and {settings.reports_dir / 'quality'}; "
             f"warehouse: {settings.duckdb_path}; MLflow: {settings.mlflow_tracking_uri}"
@@ -280,6 +215,117 @@ def run_story(
         if api is not None:
             api.stop()
         receiver.close()
+
+
+def _train(story: Story, instance: dg.DagsterInstance, settings: Settings) -> registry.LoadedModel:
+    story.say(f"1. training on {settings.data_path} ...")
+    trained = materialize_training(instance, settings)
+    if not trained.success:
+        raise RuntimeError("training failed; see the Dagster run " + trained.run_id)
+    registry.configure(settings)
+    champion = registry.load_champion()
+    assert champion is not None
+    story.first_version = champion.version
+    story.say(
+        f"   champion is version {champion.version} ({champion.candidate}), "
+        f"test ROC-AUC {champion.metrics.get('test_roc_auc', float('nan')):.3f}"
+    )
+    return champion
+
+
+def _serve(story: Story, settings: Settings, seed: int) -> ApiProcess:
+    """The real API process, and a school's grade export reporting outcomes with its own feedback key."""
+    story.say("2. starting the prediction API; a school gets a feedback key (exampass-apikey) ...")
+    token = create_key(settings.api_keys_file, DEMO_CLIENT, ["feedback"])
+    api = ApiProcess(dict(os.environ), settings.home / "api.log")
+    story.served_version_before = str(api.wait_ready()["version"])
+    live = simulate.drive_api(api.url, 20, seed=seed, progress=False, api_key=token)
+    if live.errors:
+        raise RuntimeError(f"the live API refused the demo's requests: {live.first_error}")
+    story.api_predictions = live.predictions
+    story.say(
+        f"   {api.url} serves version {story.served_version_before}; {live.predictions} live predictions, "
+        f"{live.feedback} outcomes reported by key '{DEMO_CLIENT}'"
+    )
+    return api
+
+
+def _simulate(
+    story: Story, settings: Settings, champion: registry.LoadedModel, plan: Scenario
+) -> list[simulate.DaySummary]:
+    last = plan.end or (datetime.now(UTC).date() - timedelta(days=1))
+    days = simulate.history_days(last, plan.normal_days + plan.drift_days)
+    story.say(
+        f"3. simulating {plan.normal_days} ordinary days then {plan.drift_days} days of {plan.scenario} "
+        f"({days[0]} .. {days[-1]}, {plan.rows_per_day} students a day, with feedback) ..."
+    )
+    return simulate.write_history(
+        settings.logs_dir,
+        champion,
+        days,
+        plan.rows_per_day,
+        plan.scenario,
+        days[plan.normal_days],
+        feedback_rate=1.0,
+        feedback_delay_days=0,
+        seed=plan.seed,
+        progress=False,
+    )
+
+
+def _monitor(
+    story: Story,
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    summaries: list[simulate.DaySummary],
+    receiver: WebhookReceiver,
+) -> None:
+    story.say("4. materializing the monitoring partitions ...")
+    for summary in summaries:
+        result = materialize_monitoring(instance, settings, summary.day.isoformat())
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        story.days.append(DayOutcome(summary.day, summary.scenario, summary.rows, checks))
+        verdict = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in sorted(checks.items()))
+        story.say(f"   {summary.day} [{summary.scenario:11s}] {verdict}")
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
+        story.alerts = conn.execute(
+            "SELECT check_name, partition_key, severity, delivery_status FROM exampass.alerts ORDER BY created_at"
+        ).fetchall()
+    story.webhook_bodies = list(receiver.bodies)
+    story.say(
+        f"5. {len(story.alerts)} alert(s) recorded in DuckDB exampass.alerts; "
+        f"the webhook received {len(story.webhook_bodies)}"
+    )
+
+
+def _retrain(story: Story, instance: dg.DagsterInstance, settings: Settings, api: ApiProcess) -> None:
+    from exampass_pipeline.jobs import RETRAIN
+
+    story.run_requests = _evaluate_sensor(instance, settings)
+    story.say(
+        f"6. the sensor retrain_on_failed_checks requested {len(story.run_requests)} run(s)"
+        + (f": {story.run_requests[0].run_key}" if story.run_requests else "")
+    )
+    if not story.run_requests:
+        return
+    retrain = materialize_training(instance, settings, selection=RETRAIN, tags=story.run_requests[0].tags)
+    story.retrain_run_id = retrain.run_id
+    story.retrain_success = retrain.success
+    for event in retrain.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        if event.asset_key == dg.AssetKey("model_evaluation"):
+            story.new_version = str(meta["model_version"].value)
+            story.decision = str(meta["decision"].value)
+            story.reason = str(meta["reason"].value)
+        if event.asset_key == dg.AssetKey("students"):
+            story.production_rows_in_training = int(meta["rows_by_source"].value.get("production", 0))
+    story.say(
+        f"7. retrained on {story.production_rows_in_training} labelled production rows: version "
+        f"{story.new_version} {story.decision} ({story.reason})"
+    )
+    expected = story.new_version if story.decision == "promoted" else story.served_version_before
+    story.served_version_after = str(api.wait_version(expected)["version"])
+    story.say(f"8. the API now serves version {story.served_version_after} (no restart)")
 
 
 def main(argv: list[str] | None = None) -> int:

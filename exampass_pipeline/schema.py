@@ -6,7 +6,7 @@ either side accepts. It must never import dagster: the API process stays free of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -82,6 +82,22 @@ def snake_case(name: str) -> str:
     for ch in "/ -":
         out = out.replace(ch, "_")
     return out
+
+
+def header_map(columns: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Map a file's header onto schema names, accepting the published Kaggle header or our snake_case.
+
+    Returns the mapping (file column -> schema name) and the schema columns (``COLUMNS``) the header lacks.
+    The CSV loader and the API's roster upload both read headers through here, so they accept the same files.
+    """
+    by_snake = {snake_case(k): v for k, v in KAGGLE_HEADER.items()}
+    mapping: dict[str, str] = {}
+    for column in columns:
+        target = KAGGLE_HEADER.get(column) or by_snake.get(snake_case(column))
+        if target and target not in mapping.values():
+            mapping[column] = target
+    missing = [c for c in COLUMNS if c not in mapping.values()]
+    return mapping, missing
 
 
 def pass_math(math_score: float) -> bool:
