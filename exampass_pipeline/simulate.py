@@ -103,6 +103,76 @@ def _feedback_count(n: int, rate: float) -> int:
     return int(round(n * rate))
 
 
+# A prediction line (time, inputs, pass probability, predicted pass, id); a feedback line (time, id, maths).
+_Prediction = tuple[datetime, dict[str, Any], float, bool, str]
+_Feedback = tuple[datetime, str, int]
+
+
+def _simulate_day(
+    rng: np.random.Generator,
+    model: Any,
+    day: date,
+    day_scenario: str,
+    rows: int,
+    feedback_rate: float,
+    feedback_delay_days: float,
+) -> tuple[list[_Prediction], list[_Feedback], dict[str, Any]]:
+    """One day's scored students, the feedback they will get, and the day's summary figures.
+
+    Every draw comes from the day's own stream in a fixed order (students, times, who gets feedback, delays),
+    so the same seed gives the same day whichever other days are simulated with it.
+    """
+    students = synthetic.sample(int(rows), seed=int(rng.integers(2**63)), scenario=day_scenario)
+    proba = np.asarray(model.pipeline.predict_proba(students[list(schema.FEATURES)])[:, 1], dtype=float)
+    if not np.isfinite(proba).all() or (proba < 0).any() or (proba > 1).any():
+        raise ValueError(f"model version {model.version} returned pass probabilities outside 0..1 on {day}")
+    predicted = proba >= float(model.threshold)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    offsets = np.sort(rng.integers(0, _DAY_US, size=len(students)))
+    stamps = [start + timedelta(microseconds=int(us)) for us in offsets]
+    ids = [str(uuid.uuid4()) for _ in range(len(students))]
+    predictions: list[_Prediction] = [
+        (stamps[i], _inputs(row), float(proba[i]), bool(predicted[i]), ids[i])
+        for i, row in enumerate(students.to_dict("records"))
+    ]
+    chosen = rng.choice(len(students), size=_feedback_count(len(students), feedback_rate), replace=False)
+    delays = rng.uniform(0.0, feedback_delay_days * _DAY_US, size=len(chosen))
+    math = students[schema.MATH_SCORE].to_numpy()
+    feedback: list[_Feedback] = [
+        (stamps[i] + timedelta(microseconds=int(delay)), ids[i], int(math[i]))
+        for i, delay in zip(chosen, delays, strict=True)
+    ]
+    info = {
+        "day": day,
+        "scenario": day_scenario,
+        "rows": len(students),
+        "feedback_given": len(chosen),
+        "predicted_pass_rate": float(predicted.mean()),
+        "mean_pass_probability": float(proba.mean()),
+        "true_pass_rate": float(students[schema.LABEL].mean()),
+    }
+    return predictions, feedback, info
+
+
+def _write_logs(
+    logs_dir: Path, model: Any, predictions: list[_Prediction], feedback: list[_Feedback], progress: bool
+) -> None:
+    """Append every line through PredictionLog, the API's own writer, so the files are exactly what it writes."""
+    log = PredictionLog(Path(logs_dir))
+    try:
+        with tqdm(
+            total=len(predictions) + len(feedback), desc="writing logs", unit="line", disable=not progress
+        ) as bar:
+            for at, inputs, proba_i, predicted_i, pid in predictions:
+                log.log_prediction(inputs, proba_i, predicted_i, model.version, prediction_id=pid, at=at)
+                bar.update()
+            for at, pid, math_score in feedback:
+                log.log_feedback(pid, math_score, at=at)
+                bar.update()
+    finally:
+        log.close()
+
+
 def write_history(
     logs_dir: Path,
     model: Any,
@@ -136,58 +206,22 @@ def write_history(
         )
     days = sorted(days)
     root = np.random.SeedSequence(seed)
-    predictions: list[tuple[datetime, dict[str, Any], float, bool, str]] = []
-    feedback: list[tuple[datetime, str, int]] = []
+    predictions: list[_Prediction] = []
+    feedback: list[_Feedback] = []
     per_day: list[dict[str, Any]] = []
 
     for day in tqdm(days, desc="simulating days", unit="day", disable=not progress):
-        rng = _day_rng(root, day)
         day_scenario = "none" if drift_start is not None and day < drift_start else scenario
-        students = synthetic.sample(int(rows_per_day), seed=int(rng.integers(2**63)), scenario=day_scenario)
-        proba = np.asarray(model.pipeline.predict_proba(students[list(schema.FEATURES)])[:, 1], dtype=float)
-        if not np.isfinite(proba).all() or (proba < 0).any() or (proba > 1).any():
-            raise ValueError(
-                f"model version {model.version} returned pass probabilities outside 0..1 on {day}"
-            )
-        predicted = proba >= float(model.threshold)
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        offsets = np.sort(rng.integers(0, _DAY_US, size=len(students)))
-        stamps = [start + timedelta(microseconds=int(us)) for us in offsets]
-        ids = [str(uuid.uuid4()) for _ in range(len(students))]
-        for i, row in enumerate(students.to_dict("records")):
-            predictions.append((stamps[i], _inputs(row), float(proba[i]), bool(predicted[i]), ids[i]))
-        chosen = rng.choice(len(students), size=_feedback_count(len(students), feedback_rate), replace=False)
-        delays = rng.uniform(0.0, feedback_delay_days * _DAY_US, size=len(chosen))
-        math = students[schema.MATH_SCORE].to_numpy()
-        for i, delay in zip(chosen, delays, strict=True):
-            feedback.append((stamps[i] + timedelta(microseconds=int(delay)), ids[i], int(math[i])))
-        per_day.append(
-            {
-                "day": day,
-                "scenario": day_scenario,
-                "rows": len(students),
-                "feedback_given": len(chosen),
-                "predicted_pass_rate": float(predicted.mean()),
-                "mean_pass_probability": float(proba.mean()),
-                "true_pass_rate": float(students[schema.LABEL].mean()),
-            }
+        day_predictions, day_feedback, info = _simulate_day(
+            _day_rng(root, day), model, day, day_scenario, rows_per_day, feedback_rate, feedback_delay_days
         )
+        predictions += day_predictions
+        feedback += day_feedback
+        per_day.append(info)
 
     # Feedback is written in time order, so every day file reads as it would have been appended live.
     feedback.sort(key=lambda item: item[0])
-    log = PredictionLog(Path(logs_dir))
-    try:
-        with tqdm(
-            total=len(predictions) + len(feedback), desc="writing logs", unit="line", disable=not progress
-        ) as bar:
-            for at, inputs, proba_i, predicted_i, pid in predictions:
-                log.log_prediction(inputs, proba_i, predicted_i, model.version, prediction_id=pid, at=at)
-                bar.update()
-            for at, pid, math_score in feedback:
-                log.log_feedback(pid, math_score, at=at)
-                bar.update()
-    finally:
-        log.close()
+    _write_logs(logs_dir, model, predictions, feedback, progress)
 
     lines_per_day: dict[date, int] = {}
     for at, _, _ in feedback:
