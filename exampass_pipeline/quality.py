@@ -162,6 +162,112 @@ def _champion_figure(champion: dict[str, float], key: str) -> float | None:
     return value
 
 
+def _champion_sizes(champion: dict[str, float]) -> tuple[float, float] | None:
+    """The champion's test (n_fail, n_pass) when both are known and positive, else None.
+
+    Only with its class sizes can the champion's own sampling luck be estimated, which turns the comparison
+    into a two-sample one.
+    """
+    champ_n_fail = champion.get("test_n_fail")
+    champ_n_pass = champion.get("test_n_pass")
+    if champ_n_fail is not None and champ_n_pass is not None and champ_n_fail > 0 and champ_n_pass > 0:
+        return champ_n_fail, champ_n_pass
+    return None
+
+
+def _not_judged_reason(
+    n: int, n_fail: int, champ: dict[str, float | None], min_labelled: int, min_fail: int
+) -> str | None:
+    """Why today cannot be judged at all, or None when it can.
+
+    A bound from a handful of rows or fails is so wide that it would never fail; calling such a day "pass"
+    would claim more than the data says, so it is a "warn" with the reason instead.
+    """
+    if n < min_labelled:
+        return f"model quality not judged: {n} labelled rows, fewer than the {min_labelled} needed"
+    if n_fail < min_fail:
+        return (
+            f"model quality not judged: {n_fail} failing students among {n} labelled rows, fewer than the "
+            f"{min_fail} needed to estimate fail-class recall"
+        )
+    if all(v is None for v in champ.values()):
+        return (
+            "model quality not judged: no champion test figures (test_recall_fail, test_roc_auc) to compare"
+        )
+    return None
+
+
+def _recall_bound(
+    caught: int, n_fail: int, target: float, level: float, champ_sizes: tuple[float, float] | None
+) -> tuple[dict[str, float], str]:
+    """Upper bound of today's fail-class recall (and the sentence explaining it) at one-sided ``1 - level``.
+
+    Exact Clopper-Pearson against the champion's figure taken as known; with the champion's class sizes,
+    Newcombe's hybrid score bound on the difference, which also charges the champion's own test-split luck.
+    """
+    figures: dict[str, float] = {}
+    recall = caught / n_fail
+    if champ_sizes is not None:
+        champ_n_fail = champ_sizes[0]
+        # Newcombe's hybrid score bound on (today - champion), expressed back on today's scale.
+        lo_c = wilson_bounds(round(target * float(champ_n_fail)), int(champ_n_fail), level)[0]
+        hi = wilson_bounds(caught, n_fail, level)[1]
+        diff_upper = (recall - target) + math.sqrt((hi - recall) ** 2 + (target - lo_c) ** 2)
+        figures["recall_fail_diff_upper"] = diff_upper
+        figures["recall_fail_upper"] = target + diff_upper
+    else:
+        figures["recall_fail_upper"] = clopper_pearson_upper(caught, n_fail, level)
+    part = (
+        f"fail-class recall {recall:.2f} ({caught}/{n_fail} fails caught, upper bound "
+        f"{figures['recall_fail_upper']:.2f}) vs champion {target:.2f}"
+    )
+    return figures, part
+
+
+def _auc_bound(
+    y: np.ndarray, p: np.ndarray, target: float, level: float, champ_sizes: tuple[float, float] | None
+) -> tuple[dict[str, float], str]:
+    """Upper bound of today's ROC-AUC (and the sentence explaining it) at one-sided ``1 - level``.
+
+    DeLong's standard error makes a normal bound; with the champion's class sizes, Hanley-McNeil gives the
+    champion figure a standard error too and the bound is on the difference.
+    """
+    z = float(stats.norm.ppf(1.0 - level))
+    auc, se = delong_auc(y, p)
+    figures: dict[str, float] = {"roc_auc_se": se}
+    if champ_sizes is not None:
+        champ_n_fail, champ_n_pass = champ_sizes
+        se_c = hanley_mcneil_se(target, int(champ_n_pass), int(champ_n_fail))
+        figures["roc_auc_diff_upper"] = (auc - target) + z * math.sqrt(se * se + se_c * se_c)
+        figures["roc_auc_upper"] = target + figures["roc_auc_diff_upper"]
+    else:
+        figures["roc_auc_upper"] = min(1.0, auc + z * se)
+    part = f"ROC-AUC {auc:.3f} (upper bound {figures['roc_auc_upper']:.3f}) vs champion {target:.3f}"
+    return figures, part
+
+
+def _verdict(
+    n: int,
+    n_fail: int,
+    alpha: float,
+    level: float,
+    degraded: list[str],
+    parts: list[str],
+    figures: dict[str, float],
+) -> QualityDecision:
+    """Fail only on a significant shortfall.
+
+    Either way the reason carries every bound and the sample size, so an alert reads on its own.
+    """
+    figures["confidence"] = 1.0 - level
+    sample = f"{n} labelled rows, {n_fail} fails, {1 - level:.1%} one-sided bounds"
+    if degraded:
+        reason = f"model quality degraded ({', '.join(degraded)}): {'; '.join(parts)}; {sample}"
+        return QualityDecision("fail", False, n, n_fail, alpha, METHOD, degraded, figures, reason)
+    reason = f"model quality consistent with the champion: {'; '.join(parts)}; {sample}"
+    return QualityDecision("pass", True, n, n_fail, alpha, METHOD, [], figures, reason)
+
+
 def model_quality(
     y_pass: Any,
     p_pass: Any,
@@ -200,84 +306,34 @@ def model_quality(
     champ = {metric: _champion_figure(champion, key) for metric, key in CHAMPION_KEYS.items()}
     for metric, value in champ.items():
         figures[f"champion_{metric}"] = float("nan") if value is None else value
-
-    if n < min_labelled:
-        return warn(
-            f"model quality not judged: {n} labelled rows, fewer than the {min_labelled} needed",
-            figures,
-            n_fail,
-        )
-    if n_fail < min_fail:
-        return warn(
-            f"model quality not judged: {n_fail} failing students among {n} labelled rows, fewer than the "
-            f"{min_fail} needed to estimate fail-class recall",
-            figures,
-            n_fail,
-        )
-    if all(v is None for v in champ.values()):
-        return warn(
-            "model quality not judged: no champion test figures (test_recall_fail, test_roc_auc) to compare",
-            figures,
-            n_fail,
-        )
+    not_judged = _not_judged_reason(n, n_fail, champ, min_labelled, min_fail)
+    if not_judged is not None:
+        return warn(not_judged, figures, n_fail)
 
     judged = [m for m, v in champ.items() if v is not None and not (m == AUC and n_pass == 0)]
     level = alpha / len(judged)
-    z = float(stats.norm.ppf(1.0 - level))
-    champ_n_fail = champion.get("test_n_fail")
-    champ_n_pass = champion.get("test_n_pass")
-    two_sample = (
-        champ_n_fail is not None and champ_n_pass is not None and champ_n_fail > 0 and champ_n_pass > 0
-    )
-
+    champ_sizes = _champion_sizes(champion)
     degraded: list[str] = []
     parts: list[str] = []
     if RECALL in judged:
         target = champ[RECALL]
         assert target is not None
-        recall = caught / n_fail
-        if two_sample:
-            # Newcombe's hybrid score bound on (today - champion), expressed back on today's scale.
-            lo_c = wilson_bounds(round(target * float(champ_n_fail)), int(champ_n_fail), level)[0]
-            hi = wilson_bounds(caught, n_fail, level)[1]
-            diff_upper = (recall - target) + math.sqrt((hi - recall) ** 2 + (target - lo_c) ** 2)
-            figures["recall_fail_diff_upper"] = diff_upper
-            figures["recall_fail_upper"] = target + diff_upper
-        else:
-            figures["recall_fail_upper"] = clopper_pearson_upper(caught, n_fail, level)
-        significant = figures["recall_fail_upper"] < target
-        if significant:
+        bounds, part = _recall_bound(caught, n_fail, target, level, champ_sizes)
+        figures.update(bounds)
+        if figures["recall_fail_upper"] < target:
             degraded.append(RECALL)
-        parts.append(
-            f"fail-class recall {recall:.2f} ({caught}/{n_fail} fails caught, upper bound "
-            f"{figures['recall_fail_upper']:.2f}) vs champion {target:.2f}"
-        )
+        parts.append(part)
     if AUC in judged:
         target = champ[AUC]
         assert target is not None
-        auc, se = delong_auc(y, p)
-        figures["roc_auc_se"] = se
-        if two_sample:
-            se_c = hanley_mcneil_se(target, int(champ_n_pass), int(champ_n_fail))
-            figures["roc_auc_diff_upper"] = (auc - target) + z * math.sqrt(se * se + se_c * se_c)
-            figures["roc_auc_upper"] = target + figures["roc_auc_diff_upper"]
-        else:
-            figures["roc_auc_upper"] = min(1.0, auc + z * se)
+        bounds, part = _auc_bound(y, p, target, level, champ_sizes)
+        figures.update(bounds)
         if figures["roc_auc_upper"] < target:
             degraded.append(AUC)
-        parts.append(
-            f"ROC-AUC {auc:.3f} (upper bound {figures['roc_auc_upper']:.3f}) vs champion {target:.3f}"
-        )
+        parts.append(part)
     elif champ[AUC] is not None:
         parts.append("ROC-AUC not judged (no passing students)")
-
-    figures["confidence"] = 1.0 - level
-    sample = f"{n} labelled rows, {n_fail} fails, {1 - level:.1%} one-sided bounds"
-    if degraded:
-        reason = f"model quality degraded ({', '.join(degraded)}): {'; '.join(parts)}; {sample}"
-        return QualityDecision("fail", False, n, n_fail, alpha, METHOD, degraded, figures, reason)
-    reason = f"model quality consistent with the champion: {'; '.join(parts)}; {sample}"
-    return QualityDecision("pass", True, n, n_fail, alpha, METHOD, [], figures, reason)
+    return _verdict(n, n_fail, alpha, level, degraded, parts, figures)
 
 
 # -----------------------------------------------------------------------------------------------------------

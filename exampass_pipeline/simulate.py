@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,19 @@ from tqdm import tqdm
 from exampass_pipeline import schema, synthetic
 from exampass_pipeline.predlog import PredictionLog
 from exampass_pipeline.settings import Settings, SettingsError, restrict_new_files
+from exampass_pipeline.simulate_api import (
+    MAX_BATCH,
+    check_common,
+    drive_api,
+    feedback_count,
+    inputs_of,
+)
 
 NO_CHAMPION = "no champion model registered yet: materialize the training assets"
 MAX_FEEDBACK_DELAY_DAYS = 7  # the monitoring join looks this far ahead for a day's feedback
-MAX_BATCH = 1000  # the API's /predict/batch limit
-CLIENT = "simulator"  # the client --write-logs history is attributed to
+# The schools whose grade exports report outcomes in simulated history: several independent clients, as in
+# production, each attributed its own students (round robin within a day).
+SCHOOLS: tuple[str, ...] = ("school-1", "school-2", "school-3")
 _DAY_US = 86_400 * 1_000_000
 
 
@@ -55,40 +62,6 @@ class DaySummary:
     true_pass_rate: float
 
 
-@dataclass
-class ApiSummary:
-    """The outcome of driving a live API: counts, versions that answered, latency and the first failure."""
-
-    url: str
-    scenario: str
-    predictions: int = 0
-    feedback: int = 0
-    errors: int = 0
-    first_error: str | None = None
-    elapsed_s: float = 0.0
-    model_versions: dict[str, int] = field(default_factory=dict)
-    predicted_pass_rate: float = float("nan")
-    true_pass_rate: float = float("nan")
-    latency_ms_p50: float = float("nan")
-    latency_ms_p95: float = float("nan")
-    prediction_ids: list[str] = field(default_factory=list)
-
-    def fail(self, message: str) -> None:
-        """Count an HTTP error; the first one is kept, with its body, to say what went wrong."""
-        self.errors += 1
-        self.first_error = self.first_error or message
-
-    def record_answers(self, answered: list[tuple[int, dict[str, Any]]], math: np.ndarray) -> None:
-        self.predictions = len(answered)
-        for _, pred in answered:
-            version = str(pred.get("model_version"))
-            self.model_versions[version] = self.model_versions.get(version, 0) + 1
-        self.prediction_ids = [str(pred["prediction_id"]) for _, pred in answered]
-        if answered:
-            self.predicted_pass_rate = float(np.mean([bool(p["predicted_pass"]) for _, p in answered]))
-            self.true_pass_rate = float(np.mean([schema.pass_math(math[i]) for i, _ in answered]))
-
-
 def history_days(end: date, days: int) -> list[date]:
     """The ``days`` consecutive UTC days ending on ``end`` (inclusive), oldest first."""
     if days < 1:
@@ -96,27 +69,83 @@ def history_days(end: date, days: int) -> list[date]:
     return [end - timedelta(days=offset) for offset in range(days - 1, -1, -1)]
 
 
-def _check_common(scenario: str, feedback_rate: float) -> None:
-    if scenario not in synthetic.SCENARIOS:
-        raise ValueError(
-            f"scenario: unknown scenario {scenario!r}; allowed: {', '.join(synthetic.SCENARIOS)}"
-        )
-    if not 0.0 <= feedback_rate <= 1.0:
-        raise ValueError(f"feedback_rate: must be between 0 and 1, got {feedback_rate}")
-
-
 def _day_rng(root: np.random.SeedSequence, day: date) -> np.random.Generator:
     """One stream per (seed, day): the students of a day do not depend on which other days were simulated."""
     return np.random.default_rng(np.random.SeedSequence(entropy=root.entropy, spawn_key=(day.toordinal(),)))
 
 
-def _inputs(row: dict[str, Any]) -> dict[str, Any]:
-    """JSON-native feature values (str and int), as an API client would send them."""
-    return {name: str(row[name]) if name in schema.CATEGORIES else int(row[name]) for name in schema.FEATURES}
+# A prediction line (time, inputs, pass probability, predicted pass, id); a feedback line (time, id, maths).
+_Prediction = tuple[datetime, dict[str, Any], float, bool, str, str]  # ..., prediction id, client
+_Feedback = tuple[datetime, str, int, str]  # time, prediction id, maths score, client
 
 
-def _feedback_count(n: int, rate: float) -> int:
-    return int(round(n * rate))
+def _simulate_day(
+    rng: np.random.Generator,
+    model: Any,
+    day: date,
+    day_scenario: str,
+    rows: int,
+    feedback_rate: float,
+    feedback_delay_days: float,
+    clients: Sequence[str] = SCHOOLS,
+) -> tuple[list[_Prediction], list[_Feedback], dict[str, Any]]:
+    """One day's scored students, the feedback they will get, and the day's summary figures.
+
+    Every draw comes from the day's own stream in a fixed order (students, times, who gets feedback, delays),
+    so the same seed gives the same day whichever other days are simulated with it.
+    """
+    students = synthetic.sample(int(rows), seed=int(rng.integers(2**63)), scenario=day_scenario)
+    proba = np.asarray(model.pipeline.predict_proba(students[list(schema.FEATURES)])[:, 1], dtype=float)
+    if not np.isfinite(proba).all() or (proba < 0).any() or (proba > 1).any():
+        raise ValueError(f"model version {model.version} returned pass probabilities outside 0..1 on {day}")
+    predicted = proba >= float(model.threshold)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    offsets = np.sort(rng.integers(0, _DAY_US, size=len(students)))
+    stamps = [start + timedelta(microseconds=int(us)) for us in offsets]
+    ids = [str(uuid.uuid4()) for _ in range(len(students))]
+    school = [clients[i % len(clients)] for i in range(len(students))]
+    predictions: list[_Prediction] = [
+        (stamps[i], inputs_of(row), float(proba[i]), bool(predicted[i]), ids[i], school[i])
+        for i, row in enumerate(students.to_dict("records"))
+    ]
+    chosen = rng.choice(len(students), size=feedback_count(len(students), feedback_rate), replace=False)
+    delays = rng.uniform(0.0, feedback_delay_days * _DAY_US, size=len(chosen))
+    math = students[schema.MATH_SCORE].to_numpy()
+    feedback: list[_Feedback] = [
+        (stamps[i] + timedelta(microseconds=int(delay)), ids[i], int(math[i]), school[i])
+        for i, delay in zip(chosen, delays, strict=True)
+    ]
+    info = {
+        "day": day,
+        "scenario": day_scenario,
+        "rows": len(students),
+        "feedback_given": len(chosen),
+        "predicted_pass_rate": float(predicted.mean()),
+        "mean_pass_probability": float(proba.mean()),
+        "true_pass_rate": float(students[schema.LABEL].mean()),
+    }
+    return predictions, feedback, info
+
+
+def _write_logs(
+    logs_dir: Path, model: Any, predictions: list[_Prediction], feedback: list[_Feedback], progress: bool
+) -> None:
+    """Append every line through PredictionLog, the API's own writer, so the files are exactly what it writes."""
+    log = PredictionLog(Path(logs_dir))
+    try:
+        with tqdm(
+            total=len(predictions) + len(feedback), desc="writing logs", unit="line", disable=not progress
+        ) as bar:
+            for at, inputs, proba_i, predicted_i, pid, client in predictions:
+                log.log_prediction(
+                    inputs, proba_i, predicted_i, model.version, prediction_id=pid, client=client, at=at
+                )
+                bar.update()
+            for at, pid, math_score, client in feedback:
+                log.log_feedback(pid, math_score, client=client, at=at)
+                bar.update()
+    finally:
+        log.close()
 
 
 def write_history(
@@ -130,16 +159,18 @@ def write_history(
     feedback_delay_days: float = 2,
     seed: int | None = None,
     *,
+    clients: Sequence[str] = SCHOOLS,
     progress: bool = True,
 ) -> list[DaySummary]:
     """Write predictions (and late feedback) for past ``days`` into the logs under ``logs_dir``.
 
     ``model`` is a ``registry.LoadedModel`` (anything with ``pipeline``, ``threshold`` and ``version``).
+    Each day's students are shared out among ``clients``, who send their predictions and report outcomes.
     Days before ``drift_start`` use the ``none`` scenario, the others ``scenario``; without ``drift_start``
     every day uses ``scenario``. Everything is generated and scored before the first line is written, so a
     bad argument or a model that cannot score leaves the logs untouched.
     """
-    _check_common(scenario, feedback_rate)
+    check_common(scenario, feedback_rate)
     if not days:
         raise ValueError("days: at least one day is needed")
     if len(set(days)) != len(days):
@@ -152,185 +183,34 @@ def write_history(
         )
     days = sorted(days)
     root = np.random.SeedSequence(seed)
-    predictions: list[tuple[datetime, dict[str, Any], float, bool, str]] = []
-    feedback: list[tuple[datetime, str, int]] = []
+    predictions: list[_Prediction] = []
+    feedback: list[_Feedback] = []
     per_day: list[dict[str, Any]] = []
 
     for day in tqdm(days, desc="simulating days", unit="day", disable=not progress):
-        rng = _day_rng(root, day)
         day_scenario = "none" if drift_start is not None and day < drift_start else scenario
-        students = synthetic.sample(int(rows_per_day), seed=int(rng.integers(2**63)), scenario=day_scenario)
-        proba = np.asarray(model.pipeline.predict_proba(students[list(schema.FEATURES)])[:, 1], dtype=float)
-        if not np.isfinite(proba).all() or (proba < 0).any() or (proba > 1).any():
-            raise ValueError(
-                f"model version {model.version} returned pass probabilities outside 0..1 on {day}"
-            )
-        predicted = proba >= float(model.threshold)
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        offsets = np.sort(rng.integers(0, _DAY_US, size=len(students)))
-        stamps = [start + timedelta(microseconds=int(us)) for us in offsets]
-        ids = [str(uuid.uuid4()) for _ in range(len(students))]
-        for i, row in enumerate(students.to_dict("records")):
-            predictions.append((stamps[i], _inputs(row), float(proba[i]), bool(predicted[i]), ids[i]))
-        chosen = rng.choice(len(students), size=_feedback_count(len(students), feedback_rate), replace=False)
-        delays = rng.uniform(0.0, feedback_delay_days * _DAY_US, size=len(chosen))
-        math = students[schema.MATH_SCORE].to_numpy()
-        for i, delay in zip(chosen, delays, strict=True):
-            feedback.append((stamps[i] + timedelta(microseconds=int(delay)), ids[i], int(math[i])))
-        per_day.append(
-            {
-                "day": day,
-                "scenario": day_scenario,
-                "rows": len(students),
-                "feedback_given": len(chosen),
-                "predicted_pass_rate": float(predicted.mean()),
-                "mean_pass_probability": float(proba.mean()),
-                "true_pass_rate": float(students[schema.LABEL].mean()),
-            }
+        day_predictions, day_feedback, info = _simulate_day(
+            _day_rng(root, day),
+            model,
+            day,
+            day_scenario,
+            rows_per_day,
+            feedback_rate,
+            feedback_delay_days,
+            clients,
         )
+        predictions += day_predictions
+        feedback += day_feedback
+        per_day.append(info)
 
     # Feedback is written in time order, so every day file reads as it would have been appended live.
     feedback.sort(key=lambda item: item[0])
-    log = PredictionLog(Path(logs_dir))
-    try:
-        with tqdm(
-            total=len(predictions) + len(feedback), desc="writing logs", unit="line", disable=not progress
-        ) as bar:
-            for at, inputs, proba_i, predicted_i, pid in predictions:
-                log.log_prediction(
-                    inputs, proba_i, predicted_i, model.version, prediction_id=pid, client=CLIENT, at=at
-                )
-                bar.update()
-            for at, pid, math_score in feedback:
-                log.log_feedback(pid, math_score, client=CLIENT, at=at)
-                bar.update()
-    finally:
-        log.close()
+    _write_logs(logs_dir, model, predictions, feedback, progress)
 
     lines_per_day: dict[date, int] = {}
-    for at, _, _ in feedback:
+    for at, *_ in feedback:
         lines_per_day[at.date()] = lines_per_day.get(at.date(), 0) + 1
     return [DaySummary(**info, feedback_lines=lines_per_day.get(info["day"], 0)) for info in per_day]
-
-
-def _error_text(method: str, path: str, response: Any) -> str:
-    body = response.text[:300].replace("\n", " ")
-    return f"{method} {path} -> HTTP {response.status_code}: {body}"
-
-
-def _score_batches(
-    http: Any, base: str, payloads: list[dict[str, Any]], summary: ApiSummary, progress: bool
-) -> tuple[list[tuple[int, dict[str, Any]]], list[float]]:
-    """POST /predict/batch in chunks of MAX_BATCH; (student index, prediction) per answered student."""
-    answered: list[tuple[int, dict[str, Any]]] = []
-    latencies: list[float] = []
-    chunks = [range(i, min(i + MAX_BATCH, len(payloads))) for i in range(0, len(payloads), MAX_BATCH)]
-    with tqdm(total=len(payloads), desc="predict/batch", unit="student", disable=not progress) as bar:
-        for chunk in chunks:
-            t0 = time.perf_counter()
-            response = http.post(f"{base}/predict/batch", json={"students": [payloads[i] for i in chunk]})
-            latencies.append((time.perf_counter() - t0) * 1000)
-            if response.status_code != 200:
-                summary.fail(_error_text("POST", "/predict/batch", response))
-            else:
-                preds = response.json().get("predictions", [])
-                if len(preds) != len(chunk):
-                    summary.fail(f"POST /predict/batch -> {len(preds)} predictions for {len(chunk)} students")
-                else:
-                    answered.extend(zip(chunk, preds, strict=True))
-            bar.update(len(chunk))
-    return answered, latencies
-
-
-def _score_one_by_one(
-    http: Any, base: str, payloads: list[dict[str, Any]], summary: ApiSummary, progress: bool
-) -> tuple[list[tuple[int, dict[str, Any]]], list[float]]:
-    answered: list[tuple[int, dict[str, Any]]] = []
-    latencies: list[float] = []
-    for i, payload in enumerate(tqdm(payloads, desc="predict", unit="student", disable=not progress)):
-        t0 = time.perf_counter()
-        response = http.post(f"{base}/predict", json=payload)
-        latencies.append((time.perf_counter() - t0) * 1000)
-        if response.status_code != 200:
-            summary.fail(_error_text("POST", "/predict", response))
-        else:
-            answered.append((i, response.json()))
-    return answered, latencies
-
-
-def _report_outcomes(
-    http: Any,
-    base: str,
-    answered: list[tuple[int, dict[str, Any]]],
-    math: np.ndarray,
-    chosen: np.ndarray,
-    summary: ApiSummary,
-    progress: bool,
-) -> None:
-    for j in tqdm(sorted(chosen), desc="feedback", unit="label", disable=not progress):
-        i, pred = answered[j]
-        body = {"prediction_id": pred["prediction_id"], "math_score": int(math[i])}
-        response = http.post(f"{base}/feedback", json=body)
-        if response.status_code >= 300:
-            summary.fail(_error_text("POST", "/feedback", response))
-        else:
-            summary.feedback += 1
-
-
-def drive_api(
-    url: str,
-    n: int,
-    scenario: str = "none",
-    feedback_rate: float = 1.0,
-    seed: int | None = None,
-    batch: bool = False,
-    *,
-    api_key: str | None = None,
-    client: Any | None = None,
-    timeout_s: float = 30.0,
-    progress: bool = True,
-) -> ApiSummary:
-    """Send ``n`` synthetic students to ``{url}/predict`` (or ``/predict/batch``), then their true maths score
-    to ``{url}/feedback`` for a ``feedback_rate`` share of the answered predictions.
-
-    ``api_key`` is sent as ``Authorization: Bearer`` on every request, as any client would: /feedback needs
-    one with the ``feedback`` scope. HTTP errors are counted (the first one is kept with its body) and the run
-    goes on, as a real client population would; an API that cannot be reached at all raises
-    ``ConnectionError``. ``client`` may be any ``httpx.Client`` (e.g. FastAPI's ``TestClient``); by default
-    one is created and closed here.
-    """
-    import httpx
-
-    _check_common(scenario, feedback_rate)
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"n: must be a whole number of at least 1, got {n!r}")
-    base = url.rstrip("/")
-    rng = np.random.default_rng(seed)
-    students = synthetic.sample(int(n), seed=int(rng.integers(2**63)), scenario=scenario)
-    payloads = [_inputs(row) for row in students.to_dict("records")]
-    math = students[schema.MATH_SCORE].to_numpy()
-    summary = ApiSummary(url=base, scenario=scenario)
-    own = client is None
-    http = httpx.Client(timeout=timeout_s) if own else client
-    if api_key:
-        http.headers["Authorization"] = f"Bearer {api_key}"
-    started = time.perf_counter()
-    try:
-        score = _score_batches if batch else _score_one_by_one
-        answered, latencies = score(http, base, payloads, summary, progress)
-        summary.record_answers(answered, math)
-        chosen = rng.choice(len(answered), size=_feedback_count(len(answered), feedback_rate), replace=False)
-        _report_outcomes(http, base, answered, math, chosen, summary, progress)
-    except httpx.TransportError as exc:
-        raise ConnectionError(f"cannot reach the API at {base}: {exc}") from exc
-    finally:
-        summary.elapsed_s = time.perf_counter() - started
-        if own:
-            http.close()
-    if latencies:
-        summary.latency_ms_p50 = float(np.percentile(latencies, 50))
-        summary.latency_ms_p95 = float(np.percentile(latencies, 95))
-    return summary
 
 
 def day_arg(text: str) -> date:
