@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import yaml
 from mlflow import MlflowClient
@@ -146,6 +147,18 @@ class LoadedModel:
     candidate: str
     created_at_ms: int | None
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def pass_probability(self, frame: pd.DataFrame) -> np.ndarray:
+        """P(pass) for each student of ``frame`` (columns schema.FEATURES)."""
+        return np.asarray(self.pipeline.predict_proba(frame[list(schema.FEATURES)])[:, 1], dtype=float)
+
+    def thresholds(self, frame: pd.DataFrame) -> np.ndarray:
+        """The cut-off applied to each student: every decision the pipeline makes goes through here."""
+        return np.full(len(frame), float(self.threshold))
+
+    def predicted_pass(self, frame: pd.DataFrame) -> np.ndarray:
+        """The served decision (the flag is ``~predicted_pass``), exactly as the API makes it."""
+        return self.pass_probability(frame) >= self.thresholds(frame)
 
 
 def _read_mlmodel(model_dir: Path) -> dict[str, Any]:
