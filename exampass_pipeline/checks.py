@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from exampass_pipeline import dataset, modeling, schema
+from exampass_pipeline import dataset, schema, trust
 from exampass_pipeline.alerts import Alerter
 from exampass_pipeline.assets.training import ROW_ID
 from exampass_pipeline.resources import Thresholds
@@ -197,7 +197,7 @@ def splits_disjoint_and_sized(
         for a, b in (("train", "validation"), ("train", "test"), ("validation", "test"))
     }
     n = len(students)
-    expected = modeling.split_sizes(n)
+    expected = trust.expected_sizes(students)
     actual = {"train": len(train_split), "validation": len(validation_split), "test": len(test_split)}
     covered = len(ids["train"] | ids["validation"] | ids["test"]) == n
     problems = [f"{k} overlap {v} rows" for k, v in overlaps.items() if v]
@@ -218,4 +218,33 @@ def splits_disjoint_and_sized(
             **{f"rows_{k}": v for k, v in actual.items()},
             **{f"overlap_{k}": v for k, v in overlaps.items()},
         },
+    )
+
+
+@dg.asset_check(
+    asset="trusted_set",
+    blocking=True,
+    description="The trusted set holds curated rows only: no production feedback writes the exam.",
+)
+def trusted_set_is_curated(
+    context: dg.AssetCheckExecutionContext,
+    trusted_set: pd.DataFrame,
+    alerter: Alerter,
+    warehouse: DuckDBResource,
+) -> dg.AssetCheckResult:
+    sources = trusted_set[dataset.SOURCE_COLUMN].value_counts().to_dict()
+    foreign = {str(k): int(v) for k, v in sources.items() if k not in dataset.CURATED_SOURCES}
+    clients = sorted(set(trusted_set[dataset.CLIENT_COLUMN].astype(str)) - {dataset.CURATED_CLIENT})
+    problems = [f"{n} row(s) from source {s}" for s, n in foreign.items()] + [f"client(s) {clients}"] * bool(
+        clients
+    )
+    return checked(
+        context,
+        alerter,
+        warehouse,
+        asset="trusted_set",
+        check_name="trusted_set_is_curated",
+        passed=not problems and len(trusted_set) > 0,
+        message="; ".join(problems) if problems else f"{len(trusted_set)} curated rows, no production row",
+        metadata={"rows": len(trusted_set), "foreign_rows": sum(foreign.values())},
     )

@@ -7,6 +7,7 @@ the UI exactly as if they had been launched there.
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import shutil
 import sys
@@ -15,6 +16,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
+from mlflow import MlflowClient
 from tqdm import tqdm
 
 from exampass_pipeline import registry, schema
@@ -192,3 +194,24 @@ def backfill_main(argv: list[str] | None = None) -> int:
 
     print(f"retraining on the grown student table ({len(failed_checks)} failed checks in the range)")
     return _print_training(materialize_training(instance, settings, selection=RETRAIN)) or status
+
+
+def approve_main(argv: list[str] | None = None) -> int:
+    """``exampass-approve VERSION``: serve a version the champion gate held for approval.
+
+    Run it with the pipeline's MLflow rights (only that user may move the alias). The approval is recorded on
+    the version: who (MLFLOW_TRACKING_USERNAME, else the login name), when, and the note.
+    """
+    parser = argparse.ArgumentParser(description="Approve a model version the champion gate held back.")
+    parser.add_argument("version", help="the held version, as the alert names it")
+    parser.add_argument("--note", default="", help="why it is approved (recorded on the version)")
+    args = parser.parse_args(argv)
+    settings = settings_from_env(parser)
+    registry.configure(settings)
+    approver = settings.mlflow_tracking_username or getpass.getuser()
+    try:
+        registry.approve(MlflowClient(), args.version, approver, args.note)
+    except registry.ApprovalError as exc:
+        parser.error(str(exc))
+    print(f"version {args.version} approved by {approver}: it is now @{schema.CHAMPION_ALIAS}")
+    return 0

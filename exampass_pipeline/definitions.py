@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from exampass_pipeline.assets.ingest import prediction_batches, raw_students, students
+from exampass_pipeline.assets.evaluation import model_evaluation
+from exampass_pipeline.assets.ingest import prediction_batches, raw_students
 from exampass_pipeline.assets.monitoring import drift_report, quality_report
-from exampass_pipeline.assets.training import model_evaluation, pass_classifier, splits
+from exampass_pipeline.assets.students import students
+from exampass_pipeline.assets.training import pass_classifier, splits
 from exampass_pipeline.checks import (
     splits_disjoint_and_sized,
     students_min_rows,
     students_no_nulls,
     students_pass_rate,
     students_schema,
+    trusted_set_is_curated,
 )
 from exampass_pipeline.jobs import monitoring_job, retrain_job, training_job
 from exampass_pipeline.resources import build_resources
@@ -36,6 +39,7 @@ ASSET_CHECKS = [
     students_min_rows,
     students_pass_rate,
     splits_disjoint_and_sized,
+    trusted_set_is_curated,
 ]
 
 

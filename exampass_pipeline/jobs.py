@@ -11,7 +11,13 @@ MONITORING = dg.AssetSelection.groups("monitoring")
 # Retraining re-reads the stored raw file but rebuilds everything after it, so production rows ingested since
 # the last training join the table.
 RETRAIN = dg.AssetSelection.assets(
-    "students", "train_split", "validation_split", "test_split", "pass_classifier", "model_evaluation"
+    "students",
+    "train_split",
+    "validation_split",
+    "test_split",
+    "trusted_set",
+    "pass_classifier",
+    "model_evaluation",
 )
 
 training_job = dg.define_asset_job(

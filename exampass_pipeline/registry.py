@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ TRUSTED_TYPES: list[str] = [
 TAG_DECISION = "champion_decision"
 TAG_REASON = "champion_reason"
 TAG_THRESHOLD = "threshold"
+TAG_APPROVED_BY = "approved_by"
+TAG_APPROVED_AT = "approved_at"
+TAG_APPROVAL_NOTE = "approval_note"
 
 
 def _database_store(uri: str) -> bool:
@@ -203,14 +207,47 @@ def load_champion(client: MlflowClient | None = None) -> LoadedModel | None:
     return None if version is None else load_version(version, client)
 
 
-def record_decision(client: MlflowClient, version: str, promoted: bool, reason: str) -> None:
-    """Write the gate's verdict on the version and, when it won, move the alias."""
-    client.set_model_version_tag(
-        schema.MODEL_NAME, version, TAG_DECISION, "promoted" if promoted else "rejected"
-    )
+PENDING = "pending_approval"
+
+
+def record_decision(
+    client: MlflowClient, version: str, promoted: bool, reason: str, *, status: str | None = None
+) -> None:
+    """Write the gate's verdict on the version and, when it won, move the alias.
+
+    ``status`` is ``promoted``, ``rejected`` or ``pending_approval`` (held until a person approves it with
+    ``approve``); by default it follows ``promoted``.
+    """
+    decision = status or ("promoted" if promoted else "rejected")
+    client.set_model_version_tag(schema.MODEL_NAME, version, TAG_DECISION, decision)
     client.set_model_version_tag(schema.MODEL_NAME, version, TAG_REASON, reason)
     if promoted:
         client.set_registered_model_alias(schema.MODEL_NAME, schema.CHAMPION_ALIAS, version)
+
+
+class ApprovalError(ValueError):
+    """A version that cannot be approved (unknown, or not waiting for approval); the message says why."""
+
+
+def approve(client: MlflowClient, version: str, approver: str, note: str = "") -> ModelVersion:
+    """Serve a version the gate held for approval, and record who approved it and when.
+
+    Only versions whose decision is ``pending_approval`` qualify: a plain regression (``rejected``) is never
+    served, and approving twice is refused rather than silently re-promoting an older version.
+    """
+    try:
+        found = client.get_model_version(schema.MODEL_NAME, version)
+    except MlflowException as exc:
+        raise ApprovalError(f"version: {schema.MODEL_NAME} has no version {version!r}") from exc
+    decision = found.tags.get(TAG_DECISION)
+    if decision != PENDING:
+        raise ApprovalError(f"version: {version} is {decision or 'undecided'}, not waiting for approval")
+    stamp = datetime.now(UTC).replace(microsecond=0).isoformat()
+    for key, value in {TAG_APPROVED_BY: approver, TAG_APPROVED_AT: stamp, TAG_APPROVAL_NOTE: note}.items():
+        client.set_model_version_tag(schema.MODEL_NAME, version, key, value)
+    reason = f"approved by {approver} at {stamp}" + (f" ({note})" if note else "")
+    record_decision(client, version, True, reason + "; was: " + found.tags.get(TAG_REASON, ""))
+    return found
 
 
 def describe(loaded: LoadedModel) -> str:

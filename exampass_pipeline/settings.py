@@ -62,6 +62,38 @@ class ThresholdValues(BaseModel):
     segment_max_gap: float = Field(0.20, ge=0, le=1, description="Largest fail-recall gap between groups.")
     segment_min_fail: int = Field(5, ge=1, description="Fewest fails a group needs to be judged.")
     retrain_cooldown_s: float = Field(3600, ge=0, description="Least time between two sensor retrains.")
+    # Retraining that poisoned feedback cannot steer (exampass_pipeline.trust and .gate; docs/security.md).
+    plausibility_width: float = Field(
+        4.0,
+        gt=0,
+        description="Reported maths scores further than this many sds from expected are quarantined.",
+    )
+    implausible_share_max: float = Field(
+        0.05, ge=0, le=1, description="A client-day with a larger implausible share raises a WARN."
+    )
+    implausible_min_rows: int = Field(20, ge=1, description="Fewest reports before a client-day is judged.")
+    client_bias_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Holm level of the test of one client's reports against the others'."
+    )
+    client_bias_min_gap: float = Field(
+        0.5, ge=0, description="Smallest gap (residual sds) between a client and the others that counts."
+    )
+    client_bias_min_rows: int = Field(20, ge=1, description="Fewest reports per client and group to test.")
+    client_max_share: float = Field(
+        0.25, gt=0, lt=1, description="Most of a retrain's training rows one production client may supply."
+    )
+    behaviour_max_probability_shift: float = Field(
+        0.02, ge=0, le=1, description="Largest move of a segment's mean pass probability on the trusted set."
+    )
+    behaviour_max_flag_shift: float = Field(
+        0.10, ge=0, le=1, description="Largest move of a segment's flag rate on the trusted set."
+    )
+    behaviour_min_segment_rows: int = Field(10, ge=1, description="Smaller trusted segments are not judged.")
+    corroboration_min_clients: int = Field(
+        3, ge=1, description="Independent clients needed to let a behaviour move through without approval."
+    )
+    corroboration_min_rows: int = Field(10, ge=1, description="Fewest rows a client needs to corroborate.")
+    corroboration_alpha: float = Field(0.01, gt=0, lt=1, description="One-sided level of each client's test.")
 
 
 def env_var(name: str, field: FieldInfo | None = None) -> str:
@@ -131,6 +163,8 @@ class Settings(BaseSettings, ThresholdValues):
         validation_alias="MLFLOW_TRACKING_URI",
     )
     mlflow_registry_uri: str | None = Field(None, validation_alias="MLFLOW_REGISTRY_URI")
+    # Read by MLflow itself for basic auth; ExamPass reads the name only, to record who approved a promotion.
+    mlflow_tracking_username: str | None = Field(None, validation_alias="MLFLOW_TRACKING_USERNAME")
     duckdb_path: Path = Field(
         default_factory=lambda v: _home(v) / "warehouse.duckdb", validation_alias="EXAMPASS_DUCKDB"
     )

@@ -23,6 +23,7 @@ EXPECTED_ASSETS = {
     "prediction_batches",
     "drift_report",
     "quality_report",
+    "trusted_set",
 }
 
 
@@ -57,6 +58,8 @@ def test_definitions_wire_every_asset_check_job_sensor_and_schedule(exampass_hom
         "students_min_rows",
         "students_pass_rate",
         "splits_disjoint_and_sized",
+        "trusted_set_is_curated",
+        "feedback_plausibility",
     } == check_names
     assert {j for j in ("training_job", "retrain_job", "monitoring_job") if defs.resolve_job_def(j)}
     sensor = defs.resolve_sensor_def("retrain_on_failed_checks")

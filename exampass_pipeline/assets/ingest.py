@@ -22,7 +22,6 @@ _RETENTION_DDL = (
     f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}; CREATE TABLE IF NOT EXISTS {RETENTION_TABLE} "
     "(deleted_at TIMESTAMP, kind VARCHAR, day DATE, file VARCHAR, bytes BIGINT)"
 )
-PRODUCTION_SOURCE = "production"
 SYNTHETIC_ROWS = 1000
 
 
@@ -65,58 +64,6 @@ def raw_students(context: dg.AssetExecutionContext, paths: ExamPassPaths) -> dg.
             "path": dg.MetadataValue.path(str(path)),
             "dagster/row_count": len(frame),
             "preview": _markdown_preview(frame),
-        },
-    )
-
-
-def _production_rows(warehouse: DuckDBResource) -> pd.DataFrame:
-    """Labelled production rows already ingested by prediction_batches; none before the first partition."""
-    columns = ", ".join(schema.COLUMNS)
-    with warehouse.get_connection() as conn:
-        exists = conn.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-            "AND column_name = 'feedback_client'",
-            [WAREHOUSE_SCHEMA, "prediction_batches"],
-        ).fetchone()
-        if not exists or not exists[0]:
-            return pd.DataFrame(columns=[*schema.COLUMNS, dataset.CLIENT_COLUMN])
-        # The client of a training row is whoever reported its outcome: the label is what they supplied.
-        # Rows ingested before clients were recorded count as "unattributed".
-        return conn.execute(
-            f"SELECT {columns}, coalesce(feedback_client, '{predlog.UNATTRIBUTED}') AS {dataset.CLIENT_COLUMN} "
-            f"FROM {WAREHOUSE_SCHEMA}.prediction_batches "
-            f"WHERE {schema.MATH_SCORE} IS NOT NULL ORDER BY timestamp, prediction_id"
-        ).df()
-
-
-@dg.asset(
-    group_name="training",
-    kinds={"duckdb", "pandas"},
-    deps=[dg.AssetKey("prediction_batches")],
-)
-def students(
-    context: dg.AssetExecutionContext,
-    raw_students: pd.DataFrame,
-    warehouse: DuckDBResource,
-) -> dg.Output[pd.DataFrame]:
-    """The modelling table: typed, labelled, and tagged with where each row came from."""
-    base = dataset.clean_students(raw_students)
-    production = _production_rows(warehouse)
-    parts = [base]
-    if len(production):
-        parts.append(dataset.clean_students(production, PRODUCTION_SOURCE))
-    table = pd.concat(parts, ignore_index=True)
-    counts = table[dataset.SOURCE_COLUMN].value_counts().to_dict()
-    clients = table[dataset.CLIENT_COLUMN].value_counts().to_dict()
-    context.log.info(f"students: {len(table)} rows by source {counts}, by client {clients}")
-    return dg.Output(
-        table,
-        metadata={
-            "dagster/row_count": len(table),
-            "rows_by_source": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
-            "rows_by_client": dg.MetadataValue.json({str(k): int(v) for k, v in clients.items()}),
-            "pass_rate": float(table[schema.LABEL].mean()),
-            "preview": _markdown_preview(table),
         },
     )
 

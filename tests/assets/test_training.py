@@ -52,6 +52,8 @@ def test_training_graph_registers_a_champion_then_gates_a_weaker_model(exampass_
             "students_min_rows": True,
             "students_pass_rate": True,
             "splits_disjoint_and_sized": True,
+            "trusted_set_is_curated": True,
+            "feedback_plausibility": True,
         }
         registry.configure(exampass_home)
         client = MlflowClient()
