@@ -41,6 +41,7 @@ from exampass_pipeline.registry import LoadedModel
 from exampass_pipeline.trust import PlausibilityModel
 
 Status = Literal["promoted", "rejected", "pending_approval"]
+MIN_FLAG_CHANGES = 3
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,14 @@ class Shift:
         return self.candidate_flag_rate - self.champion_flag_rate
 
     def beyond(self, bounds: Bounds) -> bool:
+        """Judged only for segments of ``min_segment_rows``; a flag-rate move must also be at least
+        MIN_FLAG_CHANGES students, or one borderline student in a group of 13 would block every retrain."""
         if self.n < bounds.min_segment_rows:
             return False
-        return (
-            abs(self.probability_shift) > bounds.max_probability_shift
-            or abs(self.flag_shift) > bounds.max_flag_shift
+        flags_moved = (
+            abs(self.flag_shift) > bounds.max_flag_shift and abs(self.flag_shift) * self.n >= MIN_FLAG_CHANGES
         )
+        return abs(self.probability_shift) > bounds.max_probability_shift or flags_moved
 
     def sentence(self) -> str:
         return (
@@ -243,9 +246,6 @@ def decide(
     trusted_cmp = compare(TRUSTED, candidate, champion, trusted, bounds.margin)
     comparisons = [current, trusted_cmp]
     shifts = behaviour(candidate, champion, trusted)
-    if not trusted_cmp.passed:
-        reason = f"{trusted_cmp.sentence()}; held for approval: run `exampass-approve {candidate.version}`"
-        return GateDecision("pending_approval", reason, comparisons, shifts)
     moved = [s for s in shifts if s.beyond(bounds)]
     corroborated = {
         f"{s.feature}={s.value}": corroborating_clients(s, production, plausibility, bounds) for s in moved
@@ -253,20 +253,22 @@ def decide(
     unexplained = [
         s for s in moved if len(corroborated[f"{s.feature}={s.value}"]) < bounds.corroboration_min_clients
     ]
-    base = f"{current.sentence()}; {trusted_cmp.sentence()}"
+    held = [] if trusted_cmp.passed else [trusted_cmp.sentence()]
     if unexplained:
-        reason = (
+        held.append(
             f"behaviour moved beyond the bound (pass probability {bounds.max_probability_shift}, flag rate "
             f"{bounds.max_flag_shift}) for {'; '.join(s.sentence() for s in unexplained)}; corroborated by "
-            f"{_corroboration_text(corroborated, unexplained)}; held for approval: run "
-            f"`exampass-approve {candidate.version}`"
+            f"{_corroboration_text(corroborated, unexplained)}"
         )
+    if held:
+        reason = f"{'; '.join(held)}; held for approval: run `exampass-approve {candidate.version}`"
         return GateDecision("pending_approval", reason, comparisons, shifts, moved, corroborated)
+    reason = f"{current.sentence()}; {trusted_cmp.sentence()}"
     if moved:
-        base += "; behaviour moved, corroborated by independent clients: " + "; ".join(
+        reason += "; behaviour moved, corroborated by independent clients: " + "; ".join(
             f"{k} by {', '.join(v)}" for k, v in corroborated.items()
         )
-    return GateDecision("promoted", base, comparisons, shifts, moved, corroborated)
+    return GateDecision("promoted", reason, comparisons, shifts, moved, corroborated)
 
 
 def _corroboration_text(corroborated: dict[str, list[str]], unexplained: list[Shift]) -> str:

@@ -30,6 +30,10 @@ everything that depends on the changed factor moves with it:
   (feature drift) and maths moves with them, so the pass rate falls too (label drift).
 * ``new_school`` — a different race/ethnicity mix (group A and B heavy) and a parental-education mix
   tilted to school-level qualifications: the kind of shift a new partner school brings.
+* ``harder_exam`` — the maths exam gets harder for everyone: maths falls 8 points at the same reading,
+  writing and background. The relation the model learned really changes (concept drift); from one
+  client's side it looks like the lies of a poisoning campaign, so the retraining defences must let it
+  through once several clients agree (docs/security.md).
 
 This module never imports dagster.
 """
@@ -58,7 +62,14 @@ from exampass_pipeline import schema
 PARAMS_PATH = Path(__file__).with_name("synthetic_params.json")
 PARAMS_FORMAT = 1
 
-SCENARIOS: tuple[str, ...] = ("none", "lunch_shift", "prep_collapse", "score_decline", "new_school")
+SCENARIOS: tuple[str, ...] = (
+    "none",
+    "lunch_shift",
+    "prep_collapse",
+    "score_decline",
+    "new_school",
+    "harder_exam",
+)
 
 # Residual quantiles kept per score: 1 % steps is fine enough for the pass-mark tail, small enough to read.
 QUANTILE_LEVELS = 101
@@ -67,6 +78,7 @@ DECIMALS = 6
 
 LUNCH_SHIFT_FREE_SHARE = 0.70
 SCORE_DECLINE_POINTS = 5.0
+HARDER_EXAM_POINTS = 8.0
 # Shares by level name, turned into positional vectors at sample time.
 NEW_SCHOOL_MIX: dict[str, dict[str, float]] = {
     schema.RACE_ETHNICITY: {
@@ -222,6 +234,9 @@ def apply_scenario(params: Mapping[str, Any], scenario: str) -> dict[str, Any]:
     elif scenario == "new_school":
         for feature, shares in NEW_SCHOOL_MIX.items():
             _set_share(out, feature, shares)
+    elif scenario == "harder_exam":
+        maths = schema.SCORES.index(schema.MATH_SCORE)
+        out["intercept"] = [v - HARDER_EXAM_POINTS * (i == maths) for i, v in enumerate(out["intercept"])]
     return out
 
 

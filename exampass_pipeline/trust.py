@@ -202,7 +202,7 @@ def _quarantine(
 
 @dataclass(frozen=True)
 class Bias:
-    """One client's reports about one group of students, set against every other client's."""
+    """One client's reports about one group of students, set against the median client's."""
 
     client: str
     segment: str
@@ -216,44 +216,43 @@ class Bias:
         gap = self.mean_z - self.others_mean_z
         return (
             f"{self.client}'s reported maths for {self.segment} is {abs(gap):.1f} sd "
-            f"{'below' if gap < 0 else 'above'} what other clients report for the same students' backgrounds "
-            f"({self.n} vs {self.n_others} reports, p = {self.p_value:.1e})"
+            f"{'below' if gap < 0 else 'above'} what the other clients report for the same students' "
+            f"backgrounds ({self.n} of {self.n + self.n_others} reports, p = {self.p_value:.1e})"
         )
 
 
 def biased_clients(
     production: pd.DataFrame, model: PlausibilityModel, *, alpha: float, min_rows: int, min_gap: float
 ) -> list[Bias]:
-    """Clients whose reports for a group of students disagree with every other client's, beyond chance.
+    """Clients whose reports for a group of students disagree with the other clients', beyond chance.
 
-    Each report becomes a standardised residual against the curated model. For each client and each group
-    (every student, then every value of every categorical feature), its mean residual is compared with the
-    other clients' for the same group: a two-sample z-test (residuals have sd 1), Holm-corrected over all
-    comparisons, and flagged only when the gap is also at least ``min_gap`` sd. Lies that each look
-    plausible (a few points below the truth) still shift one client's mean, and that is what this sees. A
-    real change of the world moves every client alike, so it is not flagged; with a single client there is
-    nothing to compare with, and the gate's behaviour check is the defence.
+    Each report becomes a standardised residual against the curated model. For each group (every student,
+    then every value of every categorical feature) the reference is the *median* of the clients' mean
+    residuals, so one lying client cannot drag it; each client's mean is tested against it (z-test,
+    residuals have sd 1), Holm-corrected over all comparisons, and flagged only when the gap is also at least
+    ``min_gap`` sd. Lies that each look plausible (a few points below the truth) still shift one client's
+    mean, and that is what this sees. A real change of the world moves every client alike and moves the
+    median with them, so it is not flagged; with a single client there is nothing to compare with, and the
+    gate's behaviour check is the defence.
     """
     if production.empty or production[dataset.CLIENT_COLUMN].nunique() < 2:
         return []
-    z = pd.Series(model.z(production), index=production.index)
-    clients = production[dataset.CLIENT_COLUMN].astype(str)
-    groups: list[tuple[str, np.ndarray]] = [("all students", np.ones(len(production), dtype=bool))]
-    for feature in schema.CATEGORICAL_FEATURES:
-        values = production[feature].astype(str).to_numpy()
-        groups += [(f"{feature}={value}", values == value) for value in schema.CATEGORIES[feature]]
+    z = model.z(production)
+    clients = production[dataset.CLIENT_COLUMN].astype(str).to_numpy()
     candidates: list[Bias] = []
-    for segment, mask in groups:
+    for segment, mask in _groups(production):
+        means = {}
         for client in sorted(set(clients[mask])):
-            mine, others = mask & (clients == client).to_numpy(), mask & (clients != client).to_numpy()
-            n, m = int(mine.sum()), int(others.sum())
-            if n < min_rows or m < min_rows:
-                continue
-            gap = float(z[mine].mean() - z[others].mean())
-            p = float(2 * stats.norm.sf(abs(gap) / np.sqrt(1 / n + 1 / m)))
-            candidates.append(Bias(client, segment, n, m, float(z[mine].mean()), float(z[others].mean()), p))
-    if not candidates:
-        return []
+            mine = mask & (clients == client)
+            if int(mine.sum()) >= min_rows:
+                means[client] = (float(z[mine].mean()), int(mine.sum()))
+        if len(means) < 2:
+            continue
+        reference = float(np.median([mean for mean, _ in means.values()]))
+        for client, (mean, n) in means.items():
+            p = float(2 * stats.norm.sf(abs(mean - reference) * np.sqrt(n)))
+            others = int(mask.sum()) - n
+            candidates.append(Bias(client, segment, n, others, mean, reference, p))
     order = np.argsort([b.p_value for b in candidates])
     flagged: list[Bias] = []
     for rank, index in enumerate(order):
@@ -263,6 +262,14 @@ def biased_clients(
         if abs(bias.mean_z - bias.others_mean_z) >= min_gap:
             flagged.append(bias)
     return flagged
+
+
+def _groups(frame: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
+    groups: list[tuple[str, np.ndarray]] = [("all students", np.ones(len(frame), dtype=bool))]
+    for feature in schema.CATEGORICAL_FEATURES:
+        values = frame[feature].astype(str).to_numpy()
+        groups += [(f"{feature}={value}", values == value) for value in schema.CATEGORIES[feature]]
+    return groups
 
 
 def segment_mask(frame: pd.DataFrame, segment: str) -> np.ndarray:

@@ -12,7 +12,6 @@ client and day too (``feedback_screening``), and the WARN check ``feedback_plaus
 whose implausible share is high.
 """
 
-
 from typing import Any
 
 import dagster as dg
