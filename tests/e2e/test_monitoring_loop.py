@@ -39,9 +39,10 @@ def test_drift_alert_retrain_and_hot_swap(exampass_home: Settings) -> None:
 
     assert len(story.run_requests) == 1
     assert story.retrain_success
-    assert story.production_rows_in_training == 5 * 200
+    # Honest outcomes: at most a stray one in a hundred lies outside the 4-sd plausibility interval.
+    assert 0.99 * 5 * 200 <= story.production_rows_in_training <= 5 * 200
     assert story.new_version == "2"
-    assert story.decision in ("promoted", "rejected")
+    assert story.decision == "promoted", f"the honest retrain must still be promoted: {story.reason}"
 
     registry.configure(story.settings)
     client = MlflowClient()
