@@ -34,7 +34,7 @@ def _http_ok(url: str) -> tuple[bool, str]:
 
 
 def _command_ok(argv: list[str]) -> tuple[bool, str]:
-    # Console scripts live next to this interpreter (/usr/local/bin in the image, .venv/bin elsewhere), which
+    # Console scripts live next to this interpreter (/opt/venv/bin in the image, .venv/bin elsewhere), which
     # need not be on PATH when Docker or a test runs the check.
     beside = Path(sys.executable).with_name(argv[0])
     program = shutil.which(argv[0]) or (str(beside) if beside.exists() else None)

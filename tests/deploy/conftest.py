@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -35,23 +35,52 @@ def compose_bin() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def compose_config(compose_bin: str) -> dict[str, Any]:
-    """docker-compose.yml as Compose resolves it: anchors merged, defaults interpolated, paths absolute.
+ENV_EXAMPLE = REPO / ".env.example"
 
-    Assertions run against this rather than the raw YAML so they judge what Compose would actually start.
-    A clean environment makes the documented defaults, not this machine's variables, the thing under test.
-    """
+
+def compose_environment(**overrides: str) -> dict[str, str]:
+    """A clean environment for docker-compose: this machine's variables must not stand in for the file's."""
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "LC_ALL"}}
-    done = subprocess.run(
-        [compose_bin, "-f", str(REPO / "docker-compose.yml"), "config"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    env.update(overrides)
+    return env
+
+
+class Compose(Protocol):
+    def __call__(
+        self, *args: str, env_file: Path = ..., **overrides: str
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@pytest.fixture(scope="session")
+def compose(compose_bin: str) -> Compose:
+    """Runs `docker-compose --env-file F -f docker-compose.yml ARGS`; variables in ``overrides`` beat the file.
+
+    The env file is always explicit (default: the committed .env.example): a developer's own git-ignored `.env`
+    must never decide a test.
+    """
+
+    def run(*args: str, env_file: Path = ENV_EXAMPLE, **overrides: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [compose_bin, "--env-file", str(env_file), "-f", str(REPO / "docker-compose.yml"), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=compose_environment(**overrides),
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def compose_config(compose: Compose) -> dict[str, Any]:
+    """docker-compose.yml as Compose resolves it: anchors merged, variables interpolated, paths absolute.
+
+    Assertions run against this rather than the raw YAML so they judge what Compose would actually start. The
+    variables are the committed .env.example and nothing else, so the documented defaults are under test.
+    """
+    done = compose("config")
     assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
     return yaml.safe_load(done.stdout)
 

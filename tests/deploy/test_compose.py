@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,8 +24,21 @@ import click
 import pytest
 import yaml
 
-EXAMPASS_SERVICES = {"mlflow", "dagster-code", "dagster-webserver", "dagster-daemon", "api"}
+# The `compose` fixture (tests/deploy/conftest.py): docker-compose with an explicit env file.
+Compose = Callable[..., subprocess.CompletedProcess[str]]
+
+EXAMPASS_SERVICES = {"mlflow", "mlflow-users", "dagster-code", "dagster-webserver", "dagster-daemon", "api"}
+# Run once and exit (restart "no", no health check): the services that need them wait for them to complete.
+ONE_SHOTS = {"mlflow-users"}
 ARCHITECTURE_PORTS = {"dagster-webserver": 3000, "api": 8000, "mlflow": 5000}
+# What .env.example must set (Compose refuses to start without them) and who may see each one.
+REQUIRED_SECRETS = {
+    "POSTGRES_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_PIPELINE_PASSWORD",
+    "MLFLOW_API_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -180,10 +194,8 @@ def root_workspace(repo: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- validator
-def test_compose_validator_accepts_the_file(compose_bin: str, repo: Path) -> None:
-    done = subprocess.run(
-        [compose_bin, "-f", "docker-compose.yml", "config", "-q"], cwd=repo, capture_output=True, text=True
-    )
+def test_compose_validator_accepts_the_file(compose: Compose) -> None:
+    done = compose("config", "-q")
     assert done.returncode == 0, done.stderr
 
 
@@ -193,7 +205,7 @@ def test_compose_validator_is_not_a_rubber_stamp(compose_bin: str, repo: Path, t
     assert "portz" in broken
     (tmp_path / "docker-compose.yml").write_text(broken)
     done = subprocess.run(
-        [compose_bin, "-f", "docker-compose.yml", "config", "-q"],
+        [compose_bin, "--env-file", str(repo / ".env.example"), "-f", "docker-compose.yml", "config", "-q"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -298,20 +310,38 @@ def test_ports_agree_with_the_architecture_and_the_settings(compose_config: dict
     for name, port in {"dagster-webserver": 3000, "mlflow": mlflow_port, "api": settings.api_port}.items():
         ports = published(compose_config, name)
         assert port in ports, f"{name} does not publish container port {port}: {ports}"
-        host_ip, host_port = ports[port]
-        assert host_port == ARCHITECTURE_PORTS[name], (
+        assert ports[port][1] == ARCHITECTURE_PORTS[name], (
             f"{name}: default host port should be {ARCHITECTURE_PORTS[name]}"
         )
-        assert host_ip == "127.0.0.1", (
-            f"{name}: the UIs have no login; publish on loopback unless told otherwise"
-        )
-    for name in ("postgres", "dagster-code", "dagster-daemon"):
-        assert not published(compose_config, name), f"{name} must not be reachable from outside the stack"
 
     for name in ("dagster-code", "dagster-webserver", "dagster-daemon", "api"):
         assert service_env(compose_config, name)["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}", (
             name
         )
+
+
+def test_only_the_api_is_published_beyond_loopback(compose_config: dict[str, Any]) -> None:
+    """By default: the API on every interface, the Dagster UI (no login) and MLflow on loopback, nothing else."""
+    exposure = {name: published(compose_config, name) for name in compose_config["services"]}
+    assert exposure["api"] == {8000: ("0.0.0.0", 8000)}
+    assert exposure["dagster-webserver"] == {3000: ("127.0.0.1", 3000)}
+    assert exposure["mlflow"] == {5000: ("127.0.0.1", 5000)}
+    beyond_loopback = {
+        name for name, ports in exposure.items() if any(ip != "127.0.0.1" for ip, _ in ports.values())
+    }
+    assert beyond_loopback == {"api"}
+    unpublished = {name for name, ports in exposure.items() if not ports}
+    assert unpublished == {"postgres", "dagster-code", "dagster-daemon", "mlflow-users"}
+
+
+def test_each_binding_has_its_own_switch(compose: Compose) -> None:
+    """Opening one UI to the network must not open the other, nor take the API off it."""
+    done = compose("config", DAGSTER_BIND="10.0.0.5", API_BIND="127.0.0.1", MLFLOW_PUBLISHED_PORT="5500")
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    assert published(config, "dagster-webserver") == {3000: ("10.0.0.5", 3000)}
+    assert published(config, "mlflow") == {5000: ("127.0.0.1", 5500)}
+    assert published(config, "api") == {8000: ("127.0.0.1", 8000)}
 
 
 def test_webserver_and_daemon_reach_the_code_server(compose_config: dict[str, Any], repo: Path) -> None:
@@ -440,6 +470,7 @@ def test_state_lives_on_named_volumes_shared_where_needed(compose_config: dict[s
     assert set(compose_config["volumes"]) == {
         "postgres-data",
         "mlflow-artifacts",
+        "mlflow-auth",
         "warehouse",
         "reports",
         "prediction-logs",
@@ -447,55 +478,228 @@ def test_state_lives_on_named_volumes_shared_where_needed(compose_config: dict[s
     }
 
 
-def test_secrets_come_from_the_environment(compose_bin: str, repo: Path) -> None:
-    """Setting POSTGRES_PASSWORD changes every place that uses it; the default is only a local fallback."""
-    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME"}}
-    env["POSTGRES_PASSWORD"] = "s3cret-from-env"
-    done = subprocess.run(
-        [compose_bin, "-f", "docker-compose.yml", "config"], cwd=repo, env=env, capture_output=True, text=True
+def test_mlflow_user_store_is_the_committed_policy_on_its_own_volume(
+    compose_config: dict[str, Any], image_files: dict[str, Path], repo: Path
+) -> None:
+    import configparser
+
+    mlflow_svc = compose_config["services"]["mlflow"]
+    assert parse_cli("mlflow", mlflow_svc["command"][1:])["app_name"] == "basic-auth"
+    ini_path = service_env(compose_config, "mlflow")["MLFLOW_AUTH_CONFIG_PATH"]
+    assert image_files.get(ini_path) == repo / "deploy" / "mlflow-basic-auth.ini", (
+        f"MLFLOW_AUTH_CONFIG_PATH={ini_path} is not the committed policy the image copies"
     )
+    ini = configparser.ConfigParser()
+    ini.read(image_files[ini_path])
+    database = ini["mlflow"]["database_uri"]
+    assert database.startswith("sqlite:////"), database
+    assert volume_of(compose_config, "mlflow", database.removeprefix("sqlite:///")) == "mlflow-auth"
+
+
+def test_compose_refuses_to_start_without_each_secret(compose: Compose, repo: Path, tmp_path: Path) -> None:
+    """No default password anywhere: drop any one secret from .env.example and Compose names it and stops."""
+    lines = (repo / ".env.example").read_text().splitlines()
+    for secret in sorted(REQUIRED_SECRETS):
+        without = [line for line in lines if not line.startswith(f"{secret}=")]
+        assert len(without) == len(lines) - 1, f".env.example must set {secret} exactly once"
+        env_file = tmp_path / f"without-{secret}.env"
+        env_file.write_text("\n".join(without) + "\n")
+        done = compose("config", "-q", env_file=env_file)
+        assert done.returncode != 0, f"Compose started without {secret}"
+        # The last line is the verdict (docker-compose 1.29 prints the whole environment block before it).
+        assert done.stderr.strip().splitlines()[-1].endswith(f": set {secret} in .env"), done.stderr
+
+
+def test_env_example_documents_every_variable(repo: Path) -> None:
+    """Every ${VAR} Compose reads is in .env.example; every secret has a placeholder the tool refuses."""
+    from exampass_pipeline.mlflow_auth import PLACEHOLDER
+
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", (repo / "docker-compose.yml").read_text()))
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", (repo / "docker-compose.yml").read_text()))
+    assert required == REQUIRED_SECRETS
+    example = (repo / ".env.example").read_text()
+    set_here = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", example, flags=re.M))
+    documented = set(re.findall(r"^#\s*([A-Z0-9_]+)=", example, flags=re.M)) | set(set_here)
+    assert used - documented == set(), f".env.example does not mention {sorted(used - documented)}"
+    assert set(set_here) == REQUIRED_SECRETS, "only the secrets are set; optional settings stay commented out"
+    for name, value in set_here.items():
+        assert PLACEHOLDER in value, f"{name} in .env.example must be an obvious placeholder"
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=repo, check=False)
+    assert ignored.returncode == 0, ".env holds the real secrets and must be git-ignored"
+    assert (
+        subprocess.run(["git", "check-ignore", "-q", ".env.example"], cwd=repo, check=False).returncode == 1
+    )
+
+
+def test_secrets_come_from_the_environment_and_reach_only_who_needs_them(
+    compose: Compose, repo: Path
+) -> None:
+    """Each secret set in the environment lands where it is used, and nowhere else; none is in a command line."""
+    secrets = {name: f"{name.lower().replace('_', '-')}-s3cret-from-env" for name in REQUIRED_SECRETS}
+    done = compose("config", **secrets)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
-    assert service_env(config, "postgres")["POSTGRES_PASSWORD"] == "s3cret-from-env"
-    for name in ("dagster-code", "dagster-webserver", "dagster-daemon"):
-        assert service_env(config, name)["DAGSTER_POSTGRES_PASSWORD"] == "s3cret-from-env"
-    assert ":s3cret-from-env@postgres:" in flag(
-        config["services"]["mlflow"]["command"], "--backend-store-uri"
+    seen: dict[str, set[str]] = {name: set() for name in secrets}
+    for service, spec in config["services"].items():
+        assert not any(v in " ".join(spec.get("command") or []) for v in secrets.values()), service
+        for value in service_env(config, service).values():
+            for name, secret in secrets.items():
+                if secret in value:
+                    seen[name].add(service)
+    assert seen == {
+        "POSTGRES_PASSWORD": {"postgres", "mlflow", "dagster-code", "dagster-webserver", "dagster-daemon"},
+        "MLFLOW_ADMIN_PASSWORD": {"mlflow", "mlflow-users"},
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": {"mlflow"},
+        "MLFLOW_PIPELINE_PASSWORD": {"mlflow-users", "dagster-code"},
+        "MLFLOW_API_PASSWORD": {"mlflow-users", "api"},
+    }
+    assert (
+        ":postgres-password-s3cret-from-env@postgres:"
+        in service_env(config, "mlflow")["MLFLOW_BACKEND_STORE_URI"]
     )
-    assert "s3cret-from-env" not in (repo / "docker-compose.yml").read_text()
+    for secret in secrets.values():
+        assert secret not in (repo / "docker-compose.yml").read_text()
+
+
+def test_services_log_in_to_mlflow_as_the_users_the_one_shot_creates(
+    compose: Compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-code logs in as the pipeline user, the API as the reader, and both wait for `mlflow-users`."""
+    from exampass_pipeline.mlflow_auth import UsersSettings
+
+    secrets = {name: f"{name.lower().replace('_', '-')}-long-enough" for name in REQUIRED_SECRETS}
+    done = compose("config", **secrets)
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    services = config["services"]
+    for name, value in service_env(config, "mlflow-users").items():
+        monkeypatch.setenv(name, value)
+    users = UsersSettings()  # validates exactly what the one-shot will read
+    assert users.tracking_uri == service_env(config, "api")["MLFLOW_TRACKING_URI"]
+    logins = {
+        name: (env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD"))
+        for name in services
+        for env in [service_env(config, name)]
+    }
+    assert logins["dagster-code"] == (users.pipeline_username, users.pipeline_password.get_secret_value())
+    assert logins["api"] == (users.api_username, users.api_password.get_secret_value())
+    assert logins["mlflow-users"] == (users.admin_username, users.admin_password.get_secret_value())
+    assert service_env(config, "mlflow")["MLFLOW_AUTH_ADMIN_USERNAME"] == users.admin_username
+    for name in ("dagster-webserver", "dagster-daemon", "postgres", "mlflow"):
+        assert logins[name] == (None, None), f"{name} runs no MLflow client and gets no MLflow login"
+
+    assert services["mlflow-users"]["restart"] == "no"
+    assert services["mlflow-users"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    for name in ("dagster-code", "api"):
+        condition = services[name]["depends_on"]["mlflow-users"]["condition"]
+        assert condition == "service_completed_successfully", name
 
 
 # ----------------------------------------------------------------------------------------------- image
-def test_dockerfile_builds_from_pyproject_as_non_root(
-    docker: list[tuple[str, str]], image_files: dict[str, Path], pyproject: dict[str, Any], repo: Path
+def test_dockerfile_is_one_python_as_non_root(
+    docker: list[tuple[str, str]], image_files: dict[str, Path], repo: Path
 ) -> None:
     (base,) = [args for op, args in docker if op == "FROM"]
     assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim-\w+|python:3\.\d+-slim(-\w+)?", base), base
-    version = dict(re.findall(r"ARG (\w+)=(\S+)", "\n".join(f"{op} {a}" for op, a in docker)))[
-        "PYTHON_VERSION"
-    ]
+    version = dockerfile_args(docker)["PYTHON_VERSION"]
     assert version == f"{sys.version_info.major}.{sys.version_info.minor}", (
         "image and CI should run one Python"
     )
-
     users = [args for op, args in docker if op == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "the containers must not run as root"
-
     for dest, src in image_files.items():
         assert src.exists(), f"COPY {src.relative_to(repo)} -> {dest}: the file is not in the repository"
 
-    runs = " ".join(args for op, args in docker if op == "RUN")
-    extras = re.findall(r'pip install "\.\[([\w,-]+)\]"', runs)
-    assert extras, "the image must install the project from pyproject.toml"
-    optional = pyproject["project"].get("optional-dependencies", {})
-    wanted = list(pyproject["project"]["dependencies"])
-    for extra in extras[0].split(","):
-        assert extra in optional, f'Dockerfile installs ".[{extra}]" but pyproject.toml has no such extra'
-        wanted += optional[extra]
-    names = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for req in wanted}
-    for needed in ("dagster-postgres", "psycopg2-binary", "dagster-webserver", "mlflow"):
-        assert needed in names, f"the image would lack {needed}"
-    assert "pip install --no-deps ." in runs
+
+def dockerfile_args(docker: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(re.findall(r"ARG (\w+)=(\S+)", "\n".join(f"{op} {a}" for op, a in docker)))
+
+
+def locked_version(lock: dict[str, Any], name: str) -> str:
+    (version,) = [p["version"] for p in lock["package"] if p["name"] == name]
+    return str(version)
+
+
+def uv_syncs(docker: list[tuple[str, str]]) -> list[tuple[int, list[str]]]:
+    """(position in the Dockerfile, argv) of every `uv sync` the image runs."""
+    found = []
+    for i, (op, args) in enumerate(docker):
+        if op == "RUN":
+            for command in args.split("&&"):
+                argv = shlex.split(command)
+                if argv[:2] == ["uv", "sync"]:
+                    found.append((i, argv))
+    return found
+
+
+def test_dockerfile_installs_exactly_the_lock(
+    docker: list[tuple[str, str]], pyproject: dict[str, Any], repo: Path, tmp_path: Path
+) -> None:
+    """uv (the version the lock pins) installs uv.lock as it is: dependencies first, then our code."""
+    lock = tomllib.loads((repo / "uv.lock").read_text())
+    args = dockerfile_args(docker)
+    assert args["UV_VERSION"] == locked_version(lock, "uv"), "the image's uv must be the one uv.lock pins"
+    runs = [args for op, args in docker if op == "RUN"]
+    assert any('pip install "uv==${UV_VERSION}"' in run for run in runs)
+    assert not any(re.search(r"pip install (?!\"uv==)", run) for run in runs), "pip must not resolve anything"
+    env = dockerfile_env(docker)
+    assert env["UV_PROJECT_ENVIRONMENT"] == env["VIRTUAL_ENV"]
+    assert env["PATH"].startswith(f"{env['UV_PROJECT_ENVIRONMENT']}/bin:"), "console scripts must be on PATH"
+    assert env["UV_PYTHON_DOWNLOADS"] == "never"
+
+    syncs = uv_syncs(docker)
+    assert len(syncs) == 2, syncs
+    (deps_at, deps), (code_at, code) = syncs
+    copied_at = {src: i for i, (op, a) in enumerate(docker) if op == "COPY" for src in shlex.split(a)[:-1]}
+    assert copied_at["uv.lock"] < deps_at < copied_at["exampass_pipeline"] < code_at, (
+        "the dependency layer must come from the lock alone, before the code is copied"
+    )
+    for argv in (deps, code):
+        assert "--frozen" in argv or "--locked" in argv, argv
+        assert "--no-dev" in argv
+        extras = [argv[i + 1] for i, a in enumerate(argv) if a == "--extra"]
+        assert sorted(extras) == ["auth", "deploy"], argv
+        assert "--all-extras" not in argv
+    assert "--no-install-project" in deps and "--no-editable" in code
+    for extra in ("auth", "deploy"):
+        assert extra in pyproject["project"]["optional-dependencies"], extra
+
+    # The same command, on a copy of what the Dockerfile copied before it, against the real uv.lock.
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        (tmp_path / name).write_bytes((repo / name).read_bytes())
+    uv = Path(sys.executable).with_name("uv")
+    done = subprocess.run(
+        [str(uv), *deps[1:], "--dry-run", "--offline", "--python", sys.executable],
+        cwd=tmp_path,
+        env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(tmp_path / "venv")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    installs = {m.group(1).lower() for m in re.finditer(r"^ \+ ([\w.-]+)==", done.stderr + done.stdout, re.M)}
+    for needed in (
+        "mlflow",
+        "flask-wtf",
+        "dagster-postgres",
+        "psycopg2-binary",
+        "dagster-webserver",
+        "uvicorn",
+    ):
+        assert needed in installs, f"the image would lack {needed}"
+        assert f"{needed}=={locked_version(lock, needed)}" in done.stderr + done.stdout
+    for dev_only in ("pytest", "ruff", "mypy", "playwright"):
+        assert dev_only not in installs, f"the image would install the dev tool {dev_only}"
+
+
+def test_the_lock_matches_pyproject(repo: Path) -> None:
+    """--frozen trusts uv.lock as it is, so the lock itself must be current with pyproject.toml."""
+    uv = Path(sys.executable).with_name("uv")
+    done = subprocess.run(
+        [str(uv), "lock", "--check", "--offline"], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"uv.lock is stale; run `uv lock`:\n{done.stderr}"
 
 
 def dockerignore_regex(pattern: str) -> re.Pattern[str]:
@@ -548,6 +752,7 @@ def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: di
         ".exampass/warehouse.duckdb",
         "data/StudentsPerformance.csv",
         ".git/HEAD",
+        ".env",
     ):
         assert ignored(never), f"{never} would be sent to the Docker daemon"
     assert ignored("exampass_pipeline/__pycache__/schema.cpython-311.pyc")
@@ -580,13 +785,22 @@ def test_every_service_has_a_health_check_the_image_understands(
     finally:
         sys.path.pop(0)
     assert dockerfile_env(docker)["EXAMPASS_ROLE"] == "api", "the image's default command is the API"
-    for name in EXAMPASS_SERVICES:
+    services = compose_config["services"]
+    # `disable: true`, which docker-compose 1.29 writes out as the test ["NONE"].
+    one_shots = {
+        n
+        for n in EXAMPASS_SERVICES
+        if (hc := services[n].get("healthcheck") or {}).get("disable") or hc.get("test") == ["NONE"]
+    }
+    assert one_shots == ONE_SHOTS == {n for n in EXAMPASS_SERVICES if services[n]["restart"] == "no"}, (
+        "only a service that exits when done may go without a health check"
+    )
+    long_running = EXAMPASS_SERVICES - ONE_SHOTS
+    for name in long_running:
         role = service_env(compose_config, name).get("EXAMPASS_ROLE")
         assert role in healthcheck.ROLES, (
             f"{name}: EXAMPASS_ROLE={role!r}, the HEALTHCHECK knows {healthcheck.ROLES}"
         )
-    assert set(healthcheck.ROLES) == {
-        service_env(compose_config, n)["EXAMPASS_ROLE"] for n in EXAMPASS_SERVICES
-    }
+    assert set(healthcheck.ROLES) == {service_env(compose_config, n)["EXAMPASS_ROLE"] for n in long_running}
     healthy, detail = healthcheck.check("nonsense", {})
     assert not healthy and "unknown EXAMPASS_ROLE" in detail
