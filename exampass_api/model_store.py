@@ -123,7 +123,7 @@ class ModelStore:
         from mlflow import MlflowClient
 
         if not self._configured:
-            registry.configure(self.settings)
+            registry.configure(self.settings, create_experiment=False)
             self._configured = True
         # MLflow's URIs are process-global: set them on every check, so nothing else in the process moves us.
         mlflow.set_tracking_uri(self.settings.mlflow_tracking_uri)

@@ -35,11 +35,19 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 from mlflow.server.auth.client import AuthServiceClient
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exampass_pipeline import schema
 from exampass_pipeline.registry import EXPERIMENT_NAME
+from exampass_pipeline.settings import Settings, SettingsError
 
 WRITER_PERMISSION = "EDIT"
 READER_PERMISSION = "READ"
@@ -51,14 +59,15 @@ class ProvisionError(RuntimeError):
     """The server is in a state this tool will not paper over; the message says what to do."""
 
 
-class UsersSettings(BaseSettings):
-    """What the CLI reads from the environment: MLflow's standard variables plus the two service users.
+class UsersSettings(BaseModel):
+    """What provisioning needs, checked before any request: taken from ``Settings`` (the one reader of the
+    environment), keyed by the variables' names so every error names the variable to fix.
 
     The admin logs in through MLflow's own ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``, which MLflow's clients
-    read by themselves; they are declared here only so a missing one is reported before any request is made.
+    read by themselves; they are required here only so a missing one is reported before any request is made.
     """
 
-    model_config = SettingsConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore")
 
     tracking_uri: str = Field(validation_alias="MLFLOW_TRACKING_URI")
     admin_username: str = Field(validation_alias="MLFLOW_TRACKING_USERNAME")
@@ -204,6 +213,20 @@ def _settings_error(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def _from_settings(settings: Settings, tracking_uri: str | None) -> dict[str, Any]:
+    """The provisioning inputs by variable name; unset ones are left out, so they are reported as not set."""
+    values: dict[str, Any] = {
+        "MLFLOW_TRACKING_URI": tracking_uri or settings.mlflow_tracking_uri,
+        "MLFLOW_TRACKING_USERNAME": settings.mlflow_tracking_username,
+        "MLFLOW_TRACKING_PASSWORD": settings.mlflow_tracking_password,
+        "MLFLOW_PIPELINE_USERNAME": settings.mlflow_pipeline_username,
+        "MLFLOW_PIPELINE_PASSWORD": settings.mlflow_pipeline_password,
+        "MLFLOW_API_USERNAME": settings.mlflow_api_username,
+        "MLFLOW_API_PASSWORD": settings.mlflow_api_password,
+    }
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="exampass-mlflow-users",
@@ -215,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tracking-uri", help="the MLflow server (default: $MLFLOW_TRACKING_URI)")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {"MLFLOW_TRACKING_URI": args.tracking_uri} if args.tracking_uri else {}
     try:
-        settings = UsersSettings(**overrides)
+        settings = UsersSettings.model_validate(_from_settings(Settings.from_env(), args.tracking_uri))
+    except SettingsError as exc:
+        parser.error(str(exc))
     except ValidationError as exc:
         parser.error(_settings_error(exc))
     try:

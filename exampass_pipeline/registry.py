@@ -57,14 +57,24 @@ def _database_store(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0] in {"sqlite", "postgresql", "mysql", "mssql"}
 
 
-def configure(settings: Settings) -> str:
+def configure(settings: Settings, *, create_experiment: bool = True) -> str:
     """Point this process at the configured tracking store and make sure our experiment exists."""
     settings.ensure_dirs()
-    return connect(settings.mlflow_tracking_uri, settings.mlflow_registry_uri, settings.mlflow_artifacts_dir)
+    return connect(
+        settings.mlflow_tracking_uri,
+        settings.mlflow_registry_uri,
+        settings.mlflow_artifacts_dir,
+        create_experiment=create_experiment,
+    )
 
 
-def connect(tracking_uri: str, registry_uri: str | None, artifacts_dir: Path) -> str:
+def connect(
+    tracking_uri: str, registry_uri: str | None, artifacts_dir: Path, *, create_experiment: bool = True
+) -> str:
     """Point this process at one tracking store and make sure our experiment exists; returns its id.
+
+    ``create_experiment=False`` is for readers (the API): in an authenticated registry whoever creates a
+    resource owns it, so a reader must never be the one to create it; it gets "" when it is missing.
 
     With a database store (sqlite, or Postgres without a tracking server) the artifacts go to
     ``artifacts_dir`` (under EXAMPASS_HOME); with a tracking server the server decides where artifacts live, so
@@ -76,6 +86,8 @@ def connect(tracking_uri: str, registry_uri: str | None, artifacts_dir: Path) ->
     if registry_uri:
         mlflow.set_registry_uri(registry_uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None and not create_experiment:
+        return ""
     if experiment is None:
         location = artifacts_dir.as_uri() if _database_store(tracking_uri) else None
         try:

@@ -163,8 +163,14 @@ class Settings(BaseSettings, ThresholdValues):
         validation_alias="MLFLOW_TRACKING_URI",
     )
     mlflow_registry_uri: str | None = Field(None, validation_alias="MLFLOW_REGISTRY_URI")
-    # Read by MLflow itself for basic auth; ExamPass reads the name only, to record who approved a promotion.
+    # Basic auth: MLflow's clients read these two themselves; ExamPass reads the name to record who approved a
+    # promotion, and `exampass-mlflow-users` both, as the admin that provisions the two service users below.
     mlflow_tracking_username: str | None = Field(None, validation_alias="MLFLOW_TRACKING_USERNAME")
+    mlflow_tracking_password: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_PASSWORD")
+    mlflow_pipeline_username: str = Field("exampass-pipeline", validation_alias="MLFLOW_PIPELINE_USERNAME")
+    mlflow_pipeline_password: SecretStr | None = Field(None, validation_alias="MLFLOW_PIPELINE_PASSWORD")
+    mlflow_api_username: str = Field("exampass-api", validation_alias="MLFLOW_API_USERNAME")
+    mlflow_api_password: SecretStr | None = Field(None, validation_alias="MLFLOW_API_PASSWORD")
     duckdb_path: Path = Field(
         default_factory=lambda v: _home(v) / "warehouse.duckdb", validation_alias="EXAMPASS_DUCKDB"
     )

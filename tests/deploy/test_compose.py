@@ -565,7 +565,8 @@ def test_services_log_in_to_mlflow_as_the_users_the_one_shot_creates(
     compose: Compose, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """dagster-code logs in as the pipeline user, the API as the reader, and both wait for `mlflow-users`."""
-    from exampass_pipeline.mlflow_auth import UsersSettings
+    from exampass_pipeline.mlflow_auth import UsersSettings, _from_settings
+    from exampass_pipeline.settings import Settings
 
     secrets = {name: f"{name.lower().replace('_', '-')}-long-enough" for name in REQUIRED_SECRETS}
     done = compose("config", **secrets)
@@ -574,7 +575,8 @@ def test_services_log_in_to_mlflow_as_the_users_the_one_shot_creates(
     services = config["services"]
     for name, value in service_env(config, "mlflow-users").items():
         monkeypatch.setenv(name, value)
-    users = UsersSettings()  # validates exactly what the one-shot will read
+    # Validates exactly what the one-shot will read.
+    users = UsersSettings.model_validate(_from_settings(Settings.from_env(), None))
     assert users.tracking_uri == service_env(config, "api")["MLFLOW_TRACKING_URI"]
     logins = {
         name: (env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD"))
