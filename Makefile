@@ -12,7 +12,7 @@ export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformanc
 MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
 .PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift \
-	backfill screenshots system-deps lock-upgrade clean
+	backfill screenshots system-deps lock-upgrade clean bench-poisoning
 
 # Installs exactly what uv.lock pins (never resolves afresh). uv comes from PATH, else from the venv, else it is
 # bootstrapped from PyPI into the venv at the version the lock pins; uv never downloads a Python either.
@@ -37,7 +37,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 # Dagster UI :3000 (webserver + daemon), API :8000, MLflow UI :5000. Trains first when there is no champion.
 run: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/exampass-train --if-no-champion
-	trap 'kill 0' EXIT; \
+	umask 077; trap 'kill 0' EXIT; \
 	$(BIN)/exampass-api & \
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_URI)" --host 127.0.0.1 --port 5000 >/dev/null 2>&1 & \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
@@ -60,7 +60,7 @@ demo: install
 	rm -rf $(CURDIR)/.exampass/demo
 	EXAMPASS_HOME=$(CURDIR)/.exampass/demo DAGSTER_HOME=$(CURDIR)/.exampass/demo/dagster $(BIN)/exampass-demo
 
-bench: bench-model bench-ceiling bench-serve bench-drift
+bench: bench-model bench-ceiling bench-serve bench-drift bench-poisoning
 
 bench-model: install
 	$(BIN)/python benchmarks/model_quality.py
@@ -73,6 +73,9 @@ bench-serve: install
 
 bench-drift: install
 	$(BIN)/python benchmarks/drift_checks.py
+
+bench-poisoning: install
+	$(BIN)/python benchmarks/poisoning.py
 
 # README screenshots from a real run on a throw-away EXAMPASS_HOME (needs Chromium: make system-deps).
 screenshots: install
