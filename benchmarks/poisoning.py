@@ -256,7 +256,8 @@ class Bench:
         )
 
 
-def table(outcomes: list[Outcome]) -> str:
+def table(outcomes: list[Outcome], campaigns: bool = False) -> str:
+    """Markdown rows; the goal column only for campaigns (honest change is meant to move the model)."""
     head = (
         "| run | decision | old gate | ROC-AUC before → after | group E mean P(pass) before → after "
         "| challenger's group E | quarantined rows | within goal |\n|---|---|---|---|---|---|---|---|"
@@ -264,7 +265,8 @@ def table(outcomes: list[Outcome]) -> str:
     rows = [
         f"| {o.run} | {o.decision} | {'promote' if o.old_gate_promotes else 'reject'} | "
         f"{o.auc_before:.4f} → {o.auc_after:.4f} | {o.group_before:.3f} → {o.group_after:.3f} | "
-        f"{o.challenger_group:.3f} | {o.quarantined} | {'yes' if o.within_goal else 'NO'} |"
+        f"{o.challenger_group:.3f} | {o.quarantined} | "
+        f"{('yes' if o.within_goal else 'NO') if campaigns else 'n/a'} |"
         for o in outcomes
     ]
     return "\n".join([head, *rows])
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.sizes:
             rows = campaign_size(size)
             attacks.append(bench.run(f"{attack} {size:.0%} ({rows} rows)", honest, (attack, rows), seed=7))
-            print(table(attacks[-1:]).splitlines()[-1], flush=True)
+            print(table(attacks[-1:], campaigns=True).splitlines()[-1], flush=True)
     drift: list[Outcome] = []
     for scenario in args.honest_scenarios:
         for seed in range(args.honest_seeds):
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.run("harder_exam, 3 schools", dict.fromkeys(SCHOOLS, "harder_exam"), None, 31),
         bench.run("harder_exam, 1 school", {"school-1": "harder_exam"}, None, 32),
     ]
-    print("\n## Campaigns\n" + table(attacks))
+    print("\n## Campaigns\n" + table(attacks, campaigns=True))
     print("\n## Honest drift\n" + table(drift))
     print("\n## A real change of the world\n" + table(exam))
     new = sum(o.decision == "promoted" for o in drift)
