@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import numpy as np
 import pandas as pd
@@ -70,7 +71,8 @@ class Outcome:
     group_before: float
     group_after: float
     challenger_group: float
-    quarantined: int
+    quarantined: int  # the campaign's rows
+    honest_quarantined: int  # everybody else's
     reason: str
 
     @property
@@ -230,7 +232,7 @@ class Bench:
             e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
             for e in result.get_asset_materialization_events()
         }
-        evaluation, students = meta["model_evaluation"], meta["students"]
+        evaluation = meta["model_evaluation"]
         old_gate = (
             float(evaluation.get("gate_test_roc_auc_candidate", 1))
             >= float(evaluation.get("gate_test_roc_auc_champion", 0)) - settings.promotion_margin
@@ -242,6 +244,12 @@ class Bench:
         )
         auc_before, group_before = self.measure(before)
         auc_after, group_after = self.measure(after)
+        with duckdb.connect(str(settings.duckdb_path), read_only=True) as conn:
+            by_client = dict(
+                conn.execute(
+                    "SELECT client, sum(quarantined) FROM exampass.feedback_screening GROUP BY 1"
+                ).fetchall()
+            )
         return Outcome(
             name,
             str(evaluation["decision"]),
@@ -251,7 +259,8 @@ class Bench:
             group_before,
             group_after,
             self.measure(challenger)[1],
-            int(students.get("quarantined_production_rows", 0)),
+            int(by_client.get("grades-export", 0)),
+            int(sum(v for k, v in by_client.items() if k != "grades-export")),
             str(evaluation["reason"])[:160],
         )
 
@@ -260,12 +269,12 @@ def table(outcomes: list[Outcome], campaigns: bool = False) -> str:
     """Markdown rows; the goal column only for campaigns (honest change is meant to move the model)."""
     head = (
         "| run | decision | old gate | ROC-AUC before → after | group E mean P(pass) before → after "
-        "| challenger's group E | quarantined rows | within goal |\n|---|---|---|---|---|---|---|---|"
+        "| challenger's group E | quarantined: campaign / honest | within goal |\n|---|---|---|---|---|---|---|---|"
     )
     rows = [
         f"| {o.run} | {o.decision} | {'promote' if o.old_gate_promotes else 'reject'} | "
         f"{o.auc_before:.4f} → {o.auc_after:.4f} | {o.group_before:.3f} → {o.group_after:.3f} | "
-        f"{o.challenger_group:.3f} | {o.quarantined} | "
+        f"{o.challenger_group:.3f} | {o.quarantined} / {o.honest_quarantined} | "
         f"{('yes' if o.within_goal else 'NO') if campaigns else 'n/a'} |"
         for o in outcomes
     ]
