@@ -110,7 +110,7 @@ def students_no_nulls(
     alerter: Alerter,
     warehouse: DuckDBResource,
 ) -> dg.AssetCheckResult:
-    nulls = {c: int(n) for c, n in students.isna().sum().items() if n}
+    nulls = {str(c): int(n) for c, n in students.isna().sum().items() if n}
     return checked(
         context,
         alerter,

@@ -26,7 +26,7 @@ import duckdb
 import httpx
 
 from exampass_api.keystore import create_key
-from exampass_pipeline import registry, simulate, synthetic
+from exampass_pipeline import registry, simulate, simulate_api, synthetic
 from exampass_pipeline.cli import (
     instance_for,
     materialize_monitoring,
@@ -104,7 +104,8 @@ class ApiProcess:
         raise TimeoutError(f"the API at {self.url} was not ready within {timeout_s}s")
 
     def model(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/model", timeout=5).json()
+        info: dict[str, Any] = httpx.get(f"{self.url}/model", timeout=5).json()
+        return info
 
     def wait_version(self, version: str, timeout_s: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -239,7 +240,7 @@ def _serve(story: Story, settings: Settings, seed: int) -> ApiProcess:
     token = create_key(settings.api_keys_file, DEMO_CLIENT, ["feedback"])
     api = ApiProcess(dict(os.environ), settings.home / "api.log")
     story.served_version_before = str(api.wait_ready()["version"])
-    live = simulate.drive_api(api.url, 20, seed=seed, progress=False, api_key=token)
+    live = simulate_api.drive_api(api.url, 20, seed=seed, progress=False, api_key=token)
     if live.errors:
         raise RuntimeError(f"the live API refused the demo's requests: {live.first_error}")
     story.api_predictions = live.predictions
@@ -308,7 +309,9 @@ def _retrain(story: Story, instance: dg.DagsterInstance, settings: Settings, api
     )
     if not story.run_requests:
         return
-    retrain = materialize_training(instance, settings, selection=RETRAIN, tags=story.run_requests[0].tags)
+    retrain = materialize_training(
+        instance, settings, selection=RETRAIN, tags=dict(story.run_requests[0].tags)
+    )
     story.retrain_run_id = retrain.run_id
     story.retrain_success = retrain.success
     for event in retrain.get_asset_materialization_events():
@@ -318,7 +321,9 @@ def _retrain(story: Story, instance: dg.DagsterInstance, settings: Settings, api
             story.decision = str(meta["decision"].value)
             story.reason = str(meta["reason"].value)
         if event.asset_key == dg.AssetKey("students"):
-            story.production_rows_in_training = int(meta["rows_by_source"].value.get("production", 0))
+            by_source = meta["rows_by_source"].value
+            assert isinstance(by_source, dict)
+            story.production_rows_in_training = int(by_source.get("production", 0))
     story.say(
         f"7. retrained on {story.production_rows_in_training} labelled production rows: version "
         f"{story.new_version} {story.decision} ({story.reason})"

@@ -6,9 +6,9 @@ path (Postgres, an MLflow server, object storage) is a change of environment var
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 import mlflow
@@ -89,7 +89,9 @@ def mlflow_resource(context: dg.InitResourceContext) -> Iterator[Any]:
     """
     # Create the experiment ourselves first, so its artifacts land under EXAMPASS_HOME, not ./mlruns.
     context.resources.mlflow_registry.connect()
-    generator = mlflow_tracking.resource_fn(context)
+    # dagster-mlflow's resource function is a generator of the tracker; its declared type hides the argument.
+    resource_fn = cast(Callable[[dg.InitResourceContext], Iterator[Any]], mlflow_tracking.resource_fn)
+    generator = resource_fn(context)
     tracker = next(generator)
     started = mlflow.active_run()
     try:

@@ -7,6 +7,7 @@ the same failure. A cooldown stops a burst of failing days (a backfill) from que
 
 import json
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -38,7 +39,9 @@ def _failed(record: object) -> bool:
 def retrain_on_failed_checks(
     context: dg.SensorEvaluationContext, thresholds: Thresholds
 ) -> dg.SensorResult | dg.SkipReason:
-    cursor = json.loads(context.cursor) if context.cursor else {"seen": {}, "last_request_ts": 0.0}
+    cursor: dict[str, Any] = (
+        json.loads(context.cursor) if context.cursor else {"seen": {}, "last_request_ts": 0.0}
+    )
     seen: dict[str, int] = cursor["seen"]
     failures: list[str] = []
     for key in WATCHED_CHECKS:

@@ -8,6 +8,7 @@ client population would meet them, instead of stopping at the first.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ def check_common(scenario: str, feedback_rate: float) -> None:
         raise ValueError(f"feedback_rate: must be between 0 and 1, got {feedback_rate}")
 
 
-def inputs_of(row: dict[str, Any]) -> dict[str, Any]:
+def inputs_of(row: Mapping[Any, Any]) -> dict[str, Any]:
     """JSON-native feature values (str and int), as an API client would send them."""
     return {name: str(row[name]) if name in schema.CATEGORIES else int(row[name]) for name in schema.FEATURES}
 
@@ -169,7 +170,7 @@ def drive_api(
     math = students[schema.MATH_SCORE].to_numpy()
     summary = ApiSummary(url=base, scenario=scenario)
     own = client is None
-    http = httpx.Client(timeout=timeout_s) if own else client
+    http: Any = httpx.Client(timeout=timeout_s) if client is None else client
     if api_key:
         http.headers["Authorization"] = f"Bearer {api_key}"
     started = time.perf_counter()

@@ -168,7 +168,7 @@ def fit_params(df: pd.DataFrame) -> dict[str, Any]:
     quantiles = np.quantile(residuals, np.linspace(0.0, 1.0, QUANTILE_LEVELS), axis=0)
 
     labels = df[schema.MATH_SCORE].map(schema.pass_math)
-    return _round(
+    fitted: dict[str, Any] = _round(
         {
             "format": PARAMS_FORMAT,
             "n_rows": int(len(df)),
@@ -190,6 +190,7 @@ def fit_params(df: pd.DataFrame) -> dict[str, Any]:
             },
         }
     )
+    return fitted
 
 
 @functools.cache
@@ -199,7 +200,8 @@ def _cached_params() -> str:
 
 def load_params() -> dict[str, Any]:
     """The committed parameters; a fresh copy each call, so a caller's edits never leak into other samples."""
-    return json.loads(_cached_params())
+    params: dict[str, Any] = json.loads(_cached_params())
+    return params
 
 
 def _check_params(params: Mapping[str, Any]) -> None:
@@ -245,7 +247,7 @@ def sample(
     *,
     seed: int | None = None,
     scenario: str = "none",
-    params: dict | None = None,
+    params: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Draw ``n`` new students: ``schema.COLUMNS`` (scores as ints 0..100) plus ``schema.LABEL`` (bool).
 

@@ -135,11 +135,13 @@ class PlausibilityModel:
         return cls(coef=coef, sigma=sigma, n=len(y))
 
     def expected(self, frame: pd.DataFrame) -> np.ndarray:
-        return _design(frame) @ self.coef
+        expected: np.ndarray = _design(frame) @ self.coef
+        return expected
 
     def z(self, frame: pd.DataFrame) -> np.ndarray:
         """Standardised residual of each reported maths score: (reported - expected) / sigma."""
-        return (frame[schema.MATH_SCORE].to_numpy(dtype=float) - self.expected(frame)) / self.sigma
+        z: np.ndarray = (frame[schema.MATH_SCORE].to_numpy(dtype=float) - self.expected(frame)) / self.sigma
+        return z
 
 
 @dataclass

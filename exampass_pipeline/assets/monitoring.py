@@ -119,11 +119,13 @@ def drift_report(
         )
     html = paths.reports / "drift" / f"{day.isoformat()}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
-    numbers = reports.drift_report(
-        reference,
-        current[[*schema.FEATURES, "pass_probability"]],
-        html,
-        decisions=[d for d in (data, pred) if d is not None],
+    numbers: dict[str, Any] = dict(
+        reports.drift_report(
+            reference,
+            current[[*schema.FEATURES, "pass_probability"]],
+            html,
+            decisions=[d for d in (data, pred) if d is not None],
+        )
     )
     numbers.update({f"exampass_{k}": v for k, v in data.to_metadata().items()})
     table = _long_table(day, numbers, "drift")
@@ -199,7 +201,7 @@ def quality_report(
     threshold = model.threshold if model else 0.5
     html = paths.reports / "quality" / f"{day.isoformat()}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
-    numbers = reports.quality_report(labelled, threshold, html)
+    numbers: dict[str, Any] = dict(reports.quality_report(labelled, threshold, html))
 
     # The champion's test figures came from a test split with only a few dozen fails; passing its class counts
     # lets the check allow for the luck of that split as well as of today's sample.

@@ -42,12 +42,13 @@ def _production_rows(warehouse: DuckDBResource) -> pd.DataFrame:
             return pd.DataFrame(columns=columns)
         # The client of a training row is whoever reported its outcome: the label is what they supplied.
         # Rows ingested before clients were recorded count as "unattributed".
-        return conn.execute(
+        rows: pd.DataFrame = conn.execute(
             f"SELECT {', '.join(schema.COLUMNS)}, coalesce(feedback_client, '{predlog.UNATTRIBUTED}') AS client, "
             f"CAST(partition_date AS DATE) AS partition_date, prediction_id "
             f"FROM {WAREHOUSE_SCHEMA}.prediction_batches "
             f"WHERE {schema.MATH_SCORE} IS NOT NULL ORDER BY timestamp, prediction_id"
         ).df()
+    return rows
 
 
 def _store(warehouse: DuckDBResource, quarantined: pd.DataFrame, counts: pd.DataFrame) -> None:

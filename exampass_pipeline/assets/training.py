@@ -3,6 +3,7 @@
 Evaluation and the champion gate are in ``evaluation``.
 """
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +44,7 @@ class TrainingConfig(dg.Config):
         ),
     },
 )
-def splits(config: SplitConfig, students: pd.DataFrame):  # noqa: ANN201 - dagster reads the outs
+def splits(config: SplitConfig, students: pd.DataFrame) -> Iterator[dg.Output[pd.DataFrame]]:
     """70/10/20, stratified and seeded, curated and production rows each cut on their own (one step, so the
     parts always come from one cut); the curated test part is the trusted set the gate also judges on."""
     table = students.reset_index(drop=True)

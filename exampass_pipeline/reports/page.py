@@ -41,9 +41,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating):
-        if math.isnan(value):
+        number = float(value)
+        if math.isnan(number):
             return "n/a"
-        return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.3f}"
+        return f"{number:.3g}" if abs(number) < 1e-3 and number != 0 else f"{number:.3f}"
     return html.escape(str(value))
 
 
