@@ -19,6 +19,8 @@ MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db
 UV_LOCKED := $(shell sed -n '/^name = "uv"$$/{n;s/^version = "\(.*\)"/\1/p;}' uv.lock)
 UV = $(or $(shell command -v uv 2>/dev/null),$(BIN)/uv)
 export UV_PYTHON_DOWNLOADS := never
+# Trust the machine's certificate store (as pip does), so a network with its own TLS inspection CA works too.
+export UV_SYSTEM_CERTS ?= 1
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
 $(STAMP): pyproject.toml uv.lock
