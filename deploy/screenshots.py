@@ -12,8 +12,14 @@ pictures:
   deploy/screenshots/drift-alert.png           the run that failed it: check event and the alert it delivered
   deploy/screenshots/evidently-report.png      the Evidently drift report of a drifted day
   deploy/screenshots/mlflow-model-version.png  the champion's page in the MLflow model registry
+  deploy/screenshots/page-student.png          the page at /: one student's answer, its chart and sentence
+  deploy/screenshots/page-roster.png           the page at /: a class roster ranked by risk, two bad rows
 
-Usage: python deploy/screenshots.py [--out DIR] [--home DIR] [--keep]
+The page pictures come from the real `exampass-api` on the same champion: one student typed into the form,
+and a roster of 24 students from the Kaggle file (two of them mistyped) uploaded as a teacher would.
+`--only page` trains and takes just those two, skipping the monitoring run (minutes instead of many).
+
+Usage: python deploy/screenshots.py [--out DIR] [--home DIR] [--keep] [--only all|page]
 Needs the Kaggle file (EXAMPASS_DATA) and /usr/bin/chromium (`bash .ci/system-deps.sh`).
 """
 
@@ -220,6 +226,67 @@ def shoot_mlflow(page: Any, base: str, out: Path, version: str) -> Path:
     return path
 
 
+# The student typed into the form: a real kind of case, at risk, whose reasons are worth reading.
+PAGE_STUDENT = {
+    "Gender": "male",
+    "Race/ethnicity": "group C",
+    "Parental level of education": "high school",
+    "Lunch": "free/reduced",
+    "Test preparation course": "none",
+    "Reading score": "52",
+    "Writing score": "46",
+}
+ROSTER_SIZE = 24
+
+
+def roster_file(data: Path, path: Path) -> Path:
+    """The first students of the Kaggle file as a class roster: an id column, the published header, and two
+    rows mistyped the way people mistype them ("grp B", a score of 105)."""
+    import csv
+
+    with open(data, newline="", encoding="utf-8-sig") as source:
+        rows = list(csv.reader(source))[: ROSTER_SIZE + 1]
+    header, students = rows[0], rows[1:]
+    students[5][header.index("race/ethnicity")] = "grp B"
+    students[13][header.index("writing score")] = "105"
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(["student", *header])
+        writer.writerows([f"7B-{i + 1:02}", *row] for i, row in enumerate(students))
+    return path
+
+
+def shoot_page(page: Any, base: str, out: Path, roster: Path) -> list[Path]:
+    """The page as a teacher uses it: one student through the form, then a roster through the upload."""
+    page.goto(f"{base}/")
+    for label, value in PAGE_STUDENT.items():
+        field = page.get_by_label(label, exact=True)
+        if label.endswith("score"):
+            field.fill(value)
+        else:
+            field.select_option(value)
+    page.get_by_role("button", name="Predict").click()
+    page.locator("#pass-probability").wait_for()
+    page.evaluate("window.scrollTo(0, 0)")
+    student = out / "page-student.png"
+    page.screenshot(path=str(student))
+    page.get_by_label("Class roster (CSV file)").set_input_files(str(roster))
+    page.get_by_role("button", name="Score roster").click()
+    page.locator("#ranked").wait_for()
+    page.locator("#roster-title").evaluate("element => element.scrollIntoView()")
+    shot = out / "page-roster.png"
+    page.screenshot(path=str(shot))
+    return [student, shot]
+
+
+def api_server(env: dict[str, str], logs: Path) -> tuple[str, Any]:
+    """`exampass-api` on a free loopback port (its readiness is a loaded champion)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api_env = {**env, "EXAMPASS_API_HOST": "127.0.0.1", "EXAMPASS_API_PORT": str(port)}
+    return base, server("exampass-api", [str(BIN / "exampass-api")], api_env, f"{base}/ready", logs)
+
+
 def alert_run(drifted_day: date) -> str:
     """The monitoring run of the last drifted day, from the Dagster instance in DAGSTER_HOME."""
     import dagster as dg
@@ -231,6 +298,88 @@ def alert_run(drifted_day: date) -> str:
     return runs[0].run_id
 
 
+def browser(driver: Any, home: Path) -> Any:
+    context = driver.chromium.launch_persistent_context(
+        str(home / "chromium-profile"),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport=VIEWPORT,
+    )
+    context.set_default_timeout(90_000)
+    return context
+
+
+def shoot_everything(
+    home: Path, env: dict[str, str], inbox: WebhookReceiver, args: argparse.Namespace
+) -> list[Path]:
+    """Train, simulate and monitor, then photograph Dagster, Evidently, MLflow and the page."""
+    _, last = prepare(home, env, inbox)
+    os.environ.update(env)  # this process reads the registry below
+    from exampass_pipeline import registry
+    from exampass_pipeline.settings import Settings
+
+    settings = Settings.from_env()
+    registry.configure(settings)
+    champion = registry.champion_version()
+    if champion is None:
+        raise SystemExit("training registered no @champion")
+    report = settings.reports_dir / "drift" / f"{last.isoformat()}.html"
+    if not report.is_file():
+        raise SystemExit(f"no Evidently report at {report}")
+
+    from playwright.sync_api import sync_playwright
+
+    logs = home / "server-logs"
+    web_port, mlflow_port = free_port(), free_port()
+    web_argv = [
+        str(BIN / "dagster-webserver"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(web_port),
+        "-w",
+        str(REPO / "workspace.yaml"),
+    ]
+    mlflow_argv = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+        "--backend-store-uri", settings.mlflow_tracking_uri,
+    ]  # fmt: skip
+    web, mlflow_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{mlflow_port}"
+    api_base, api = api_server(env, logs)
+    with (
+        server("dagster-webserver", web_argv, env, f"{web}/server_info", logs),
+        server("mlflow", mlflow_argv, env, f"{mlflow_base}/health", logs),
+        api,
+        sync_playwright() as driver,
+    ):
+        context = browser(driver, home)
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            written = shoot_dagster(page, web, args.out, alert_run(last))
+            written.append(shoot_report(page, report, args.out))
+            written.append(shoot_mlflow(page, mlflow_base, args.out, champion.version))
+            written += shoot_page(page, api_base, args.out, roster_file(args.data, home / "class-7b.csv"))
+        finally:
+            context.close()
+    return written
+
+
+def shoot_page_only(home: Path, env: dict[str, str], args: argparse.Namespace) -> list[Path]:
+    """Train, then photograph the page alone."""
+    from playwright.sync_api import sync_playwright
+
+    run("training (exampass-train) ...", [str(BIN / "exampass-train")], env)
+    api_base, api = api_server(env, home / "server-logs")
+    with api, sync_playwright() as driver:
+        context = browser(driver, home)
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            return shoot_page(page, api_base, args.out, roster_file(args.data, home / "class-7b.csv"))
+        finally:
+            context.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the README screenshots from a real run.")
     parser.add_argument("--out", type=Path, default=REPO / "deploy" / "screenshots", help="where the PNGs go")
@@ -238,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         "--home", type=Path, default=None, help="EXAMPASS_HOME to build (default: a temp dir)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary EXAMPASS_HOME for inspection")
+    parser.add_argument(
+        "--only", choices=["all", "page"], default="all", help="page: only the two pictures of the page at /"
+    )
     args = parser.parse_args(argv)
 
     if not CHROMIUM.exists():
@@ -247,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not data.is_file():
         parser.error(f"the Kaggle StudentsPerformance.csv is needed: set EXAMPASS_DATA (looked at {data})")
+    args.data = data.resolve()
     home = (args.home or Path(tempfile.mkdtemp(prefix="exampass-screenshots-"))).resolve()
     if home.exists() and any(home.iterdir()):
         parser.error(f"{home} is not empty: screenshots start from a fresh EXAMPASS_HOME")
@@ -254,73 +407,17 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(CLEARED_VARS)}
     env.update(
         EXAMPASS_HOME=str(home),
-        EXAMPASS_DATA=str(data.resolve()),
+        EXAMPASS_DATA=str(args.data),
         DAGSTER_HOME=str(home / "dagster"),
         PYTHONUNBUFFERED="1",
     )
-    logs = home / "server-logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (home / "server-logs").mkdir(parents=True, exist_ok=True)
     inbox = WebhookReceiver()
     try:
-        _, last = prepare(home, env, inbox)
-        os.environ.update(env)  # this process reads the registry below
-        from exampass_pipeline import registry
-        from exampass_pipeline.settings import Settings
-
-        settings = Settings.from_env()
-        registry.configure(settings)
-        champion = registry.champion_version()
-        if champion is None:
-            raise SystemExit("training registered no @champion")
-        report = settings.reports_dir / "drift" / f"{last.isoformat()}.html"
-        if not report.is_file():
-            raise SystemExit(f"no Evidently report at {report}")
-
-        from playwright.sync_api import sync_playwright
-
-        web_port, mlflow_port = free_port(), free_port()
-        web_argv = [
-            str(BIN / "dagster-webserver"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(web_port),
-            "-w",
-            str(REPO / "workspace.yaml"),
-        ]
-        mlflow_argv = [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mlflow_port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            settings.mlflow_tracking_uri,
-        ]
-        web, mlflow_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{mlflow_port}"
-        with (
-            server("dagster-webserver", web_argv, env, f"{web}/server_info", logs),
-            server("mlflow", mlflow_argv, env, f"{mlflow_base}/health", logs),
-            sync_playwright() as driver,
-        ):
-            context = driver.chromium.launch_persistent_context(
-                str(home / "chromium-profile"),
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport=VIEWPORT,
-            )
-            context.set_default_timeout(90_000)
-            try:
-                page = context.pages[0] if context.pages else context.new_page()
-                written = shoot_dagster(page, web, args.out, alert_run(last))
-                written.append(shoot_report(page, report, args.out))
-                written.append(shoot_mlflow(page, mlflow_base, args.out, champion.version))
-            finally:
-                context.close()
+        if args.only == "page":
+            written = shoot_page_only(home, env, args)
+        else:
+            written = shoot_everything(home, env, inbox, args)
         for path in written:
             say(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
         return 0

@@ -4,6 +4,8 @@ Routes live in ``exampass_api.routes`` and only translate HTTP to calls on ``Pre
 ``ModelStore`` and back; shared state reaches them as dependencies (``exampass_api.deps``). Choices made here:
 
 * every bad request is rendered by ``errors`` in one shape, whichever parser refused it;
+* the web page at ``/`` (``routes.page``, ``page``) is rendered on the server from packaged templates, with
+  its stylesheet under ``/static``: no CDN, no JavaScript;
 * Swagger UI and ReDoc are served from the ``fastapi-offline`` package, because the default pages load their
   JavaScript from a CDN and stay blank on a machine without internet;
 * answers are pre-serialised bytes (see ``service``); the declared response models document them.
@@ -18,13 +20,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from exampass_api.auth import Access
 from exampass_api.errors import on_validation_error
 from exampass_api.keystore import KeyRing
 from exampass_api.model_store import ModelStore
-from exampass_api.routes import feedback, ops, predict
+from exampass_api.page import STATIC_DIR
+from exampass_api.routes import feedback, ops, page, predict
 from exampass_api.routing import ApiRoute
 from exampass_api.schemas import BatchIn
 from exampass_api.service import PredictionService
@@ -73,8 +77,9 @@ def create_app(
     app.state.service = PredictionService(predlog)
     app.state.access = access
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    for module in (predict, feedback, ops):
+    for module in (predict, feedback, ops, page):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -10,6 +10,9 @@ its rate, is refused without costing a parse and without anything being logged; 
 * A request that sends a token is judged by it even where none is needed: a revoked or mistyped key gets a
   401, instead of silently becoming "public" and losing its attribution.
 * ``admin`` holds every scope.
+* The web page (``page``) cannot send a header from a plain HTML form, so its routes also take the key from
+  the session cookie its "enter your key" form sets (``SESSION_COOKIE``). That token is verified exactly like
+  a Bearer token (``identify_token``), with the same 401/403/429; a header, when sent, still wins.
 
 Rate limits (the ``limits`` library, sliding-window counters, O(1) memory per caller): callers without a key
 are counted per address (the connection's own address; ``X-Forwarded-For`` only from EXAMPASS_TRUSTED_PROXIES,
@@ -34,6 +37,8 @@ from exampass_api.keystore import PUBLIC, KeyRing
 from exampass_pipeline.settings import Settings
 
 PREDICT: Final = "predict"
+# The web page's session cookie: the key a person typed into the page, kept by the browser until it closes.
+SESSION_COOKIE: Final = "exampass_key"
 FEEDBACK: Final = "feedback"
 ADMIN: Final = "admin"
 _BEARER_DOC: Final = HTTPBearer(auto_error=False, description="An ExamPass API key: `exampass-apikey create`")
@@ -73,8 +78,13 @@ def bearer_token(header: str) -> str:
     if scheme.lower() != "bearer" or not token:
         reason = "malformed Authorization header: expected 'Bearer <token>'"
         raise Refused(401, reason, _challenge("invalid_request", reason))
-    if not token.isascii() or not token.isprintable() or " " in token:
-        reason = "malformed Authorization header: the token has characters no ExamPass token has"
+    return checked_token(token, "Authorization header")
+
+
+def checked_token(token: str, source: str) -> str:
+    """``token`` if it could be an ExamPass token at all, else Refused(401) naming where it came from."""
+    if not token or not token.isascii() or not token.isprintable() or " " in token:
+        reason = f"malformed {source}: the token has characters no ExamPass token has"
         raise Refused(401, reason, _challenge("invalid_request", reason))
     return token
 
@@ -91,18 +101,30 @@ class Access:
             parse(settings.rate_limit_keyed) if settings.rate_limit_keyed else None
         )
 
-    def identify(self, request: Request, scope: str) -> Client:
-        """The client of a request to a route needing ``scope``, or Refused (401, 403 or 429)."""
-        address = request.client.host if request.client else "unknown"
+    def identify(self, request: Request, scope: str, *, cookie: bool = False) -> Client:
+        """The client of a request to a route needing ``scope``, or Refused (401, 403 or 429).
+
+        ``cookie``: the route belongs to the web page, which may carry its key in the session cookie.
+        """
         header = request.headers.get("authorization")
-        if header is None:
+        if header is not None:
+            return self.identify_token(request, scope, bearer_token(header))
+        session = request.cookies.get(SESSION_COOKIE) if cookie else None
+        if session:
+            return self.identify_token(request, scope, checked_token(session, "session key"))
+        return self.identify_token(request, scope, None)
+
+    def identify_token(self, request: Request, scope: str, token: str | None) -> Client:
+        """The client presenting ``token`` (None: no key at all), or Refused (401, 403 or 429)."""
+        address = request.client.host if request.client else "unknown"
+        if token is None:
             if scope == PREDICT and self.public_predict:
                 client = Client(PUBLIC, False, address)
                 self._count(client, self.public_limit, f"address {address}")
                 return client
             reason = f"this endpoint needs an API key with the '{scope}' scope: send 'Authorization: Bearer <token>'"
             raise Refused(401, reason, _challenge("invalid_request", reason, scope))
-        key = self.keyring.verify(bearer_token(header))
+        key = self.keyring.verify(token)
         if key is None:
             reason = "unknown or revoked API key"
             raise Refused(401, reason, _challenge("invalid_token", reason))
@@ -139,12 +161,13 @@ class Guard:
     hands the already-identified client to the route (and documents the bearer scheme in OpenAPI).
     """
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: str, *, cookie: bool = False) -> None:
         self.scope = scope
+        self.cookie = cookie
 
     def check(self, request: Request) -> Client:
         access: Access = request.app.state.access
-        client = access.identify(request, self.scope)
+        client = access.identify(request, self.scope, cookie=self.cookie)
         request.state.client = client
         return client
 
@@ -161,3 +184,5 @@ class Guard:
 PredictCaller = Annotated[Client, Depends(Guard(PREDICT))]
 FeedbackCaller = Annotated[Client, Depends(Guard(FEEDBACK))]
 AdminCaller = Annotated[Client, Depends(Guard(ADMIN))]
+# The web page's predict routes: the same rule, and the key may also come from the session cookie.
+PageCaller = Annotated[Client, Depends(Guard(PREDICT, cookie=True))]

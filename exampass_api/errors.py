@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from exampass_api.roster import MAX_ROSTER, MAX_ROSTER_BYTES, RosterRejected
 from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, MessageOut, ValidationErrorOut
 from exampass_api.service import TOO_DEEP
 from exampass_pipeline import schema
@@ -136,6 +137,15 @@ def invalid(errors: Sequence[Mapping[str, Any]], path: str) -> JSONResponse:
     return JSONResponse(jsonable_encoder(validation_body(errors, path)), 422)
 
 
+def roster_refused(exc: RosterRejected) -> JSONResponse:
+    """A CSV file refused as a whole: 413 (too many rows) or 422, in the shapes the JSON routes use."""
+    if exc.status == 413:
+        return JSONResponse({"detail": str(exc)}, 413)
+    return JSONResponse(
+        {"detail": str(exc), "errors": [{"field": exc.part, "reason": exc.reason}]}, exc.status
+    )
+
+
 ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     415: {"model": MessageOut, "description": "The body is not sent as JSON."},
     422: {
@@ -157,3 +167,26 @@ UNAUTHORIZED: Final[dict[int | str, dict[str, Any]]] = {
 TOO_LARGE: Final[dict[int | str, dict[str, Any]]] = {
     413: {"model": MessageOut, "description": f"More than {MAX_BATCH} students (or {MAX_BATCH_BYTES} bytes)."}
 }
+CSV_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    413: {
+        "model": MessageOut,
+        "description": f"More than {MAX_ROSTER:,} rows (or {MAX_ROSTER_BYTES:,} bytes).",
+    },
+    415: {"model": MessageOut, "description": "The body is not sent as text/csv."},
+    422: {
+        "model": ValidationErrorOut,
+        "description": "Not a CSV (empty, binary, not UTF-8), or the header lacks a column; `detail` says which.",
+    },
+}
+
+
+def as_json(responses: Mapping[int | str, Mapping[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """Error responses documented as JSON on a route whose own answer is not JSON (/predict/csv).
+
+    FastAPI files a ``model`` under the route's media type, which would call these errors CSV.
+    """
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, response in responses.items():
+        ref = f"#/components/schemas/{response['model'].__name__}"
+        out[status] = {"description": response["description"], "content": {JSON: {"schema": {"$ref": ref}}}}
+    return out

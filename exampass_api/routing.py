@@ -38,6 +38,10 @@ class ApiRoute(APIRoute):
     def accepted(self, content_type: str) -> bool:
         return is_json(content_type)
 
+    def refuse(self, request: Request, exc: Refused) -> Response:
+        """How this route answers a request its guard refused (the page renders it as a message)."""
+        return refusal(exc)
+
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
         guards = [dep.call for dep in self.dependant.dependencies if isinstance(dep.call, Guard)]
@@ -48,7 +52,7 @@ class ApiRoute(APIRoute):
                 for guard in guards:
                     guard.check(request)
             except Refused as exc:
-                return refusal(exc)
+                return self.refuse(request, exc)
             if checks_body:
                 content_type = request.headers.get("content-type")
                 if content_type is None:

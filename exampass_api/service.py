@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from exampass_api.model_store import Bundle
 from exampass_api.schemas import EXPLANATION_TOP_K, MAX_BATCH, BatchIn
 from exampass_api.scorer import CODES, FEATURES, encode, top_contributions
+from exampass_api.scorer.encoding import FloatArray, IndexArray
 from exampass_pipeline import schema
 from exampass_pipeline.predlog import PredictionLog
 
@@ -179,6 +180,23 @@ def encode_plain(rows: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(codes, dtype=np.intp), np.array(nums, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One scoring of validated rows, in their order: what every multi-row answer is built from.
+
+    /predict/batch, /predict/csv and the web page all go through ``PredictionService.score``, so a student
+    gets the same float, the same decision and the same threshold whichever way they were sent.
+    """
+
+    version: str
+    prediction_ids: list[str]
+    probabilities: list[float]
+    decisions: list[bool]
+    thresholds: list[float]  # the cut-off applied to each row (``Bundle.thresholds``)
+    contributions: FloatArray  # (n, len(FEATURES)) log-odds of passing, in FEATURES order
+    order: IndexArray  # (n, top_k) feature indices by |contribution|, largest first (ties: schema order)
+
+
 class PredictionService:
     """Scores with whatever Bundle the caller captured, and logs through the shared PredictionLog."""
 
@@ -203,25 +221,52 @@ class PredictionService:
             }
         )
 
-    def predict_batch(self, bundle: Bundle, batch: ParsedBatch, client: str) -> bytes:
-        """All rows in one array call; then one log line per row, in order."""
-        records = batch.records
-        if batch.codes is not None and batch.nums is not None:
-            codes, nums = batch.codes, batch.nums
-        else:
+    def score(
+        self,
+        bundle: Bundle,
+        records: list[dict[str, Any]],
+        client: str,
+        codes: np.ndarray | None = None,
+        nums: np.ndarray | None = None,
+    ) -> Scored:
+        """Score validated records in one array call, then log one line per row (in order, with ``client``).
+
+        ``codes``/``nums`` are the records' scorer encoding when the caller already has it. Nothing is
+        logged for an empty list.
+        """
+        version = bundle.version
+        if not records:
+            empty = np.zeros((0, len(FEATURES)))
+            return Scored(version, [], [], [], [], empty, np.zeros((0, 0), dtype=np.intp))
+        if codes is None or nums is None:
             codes, nums = encode(records)
         proba, contributions = bundle.scorer.explain(codes, nums)
         order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, : self.top_k]
-        top = np.take_along_axis(contributions, order, axis=1)
-        version = bundle.version
         ids = new_prediction_ids(len(records))
         probabilities = proba.tolist()
-        decisions = (proba >= bundle.thresholds(codes)).tolist()
+        cutoffs = bundle.thresholds(codes)
+        decisions = (proba >= cutoffs).tolist()
         self.predlog.log_predictions(
             records, probabilities, decisions, version, ids, datetime.now(UTC), client=client
         )
+        return Scored(version, ids, probabilities, decisions, cutoffs.tolist(), contributions, order)
+
+    def predict_batch(self, bundle: Bundle, batch: ParsedBatch, client: str) -> bytes:
+        """All rows in one array call (``score``), answered in order."""
+        records = batch.records
+        scored = self.score(bundle, records, client, batch.codes, batch.nums)
+        top = np.take_along_axis(scored.contributions, scored.order, axis=1)
+        version = scored.version
         answers = []
-        rows = zip(records, ids, probabilities, decisions, order.tolist(), top.tolist(), strict=True)
+        rows = zip(
+            records,
+            scored.prediction_ids,
+            scored.probabilities,
+            scored.decisions,
+            scored.order.tolist(),
+            top.tolist(),
+            strict=True,
+        )
         for record, prediction_id, p, decision, features, values in rows:
             answers.append(
                 {

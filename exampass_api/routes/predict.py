@@ -1,18 +1,29 @@
-"""Scoring: one student, or a batch of up to MAX_BATCH answered in order from one array call."""
+"""Scoring: one student, a batch of up to MAX_BATCH, or a CSV roster; many rows are one array call."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exampass_api.auth import PredictCaller
 from exampass_api.deps import ServiceDep, StoreDep, get_bundle
-from exampass_api.errors import ERRORS, JSON, NO_MODEL, TOO_LARGE, UNAUTHORIZED, invalid
-from exampass_api.responses import JSONBytes, read_limited
-from exampass_api.routing import ApiRoute
+from exampass_api.errors import (
+    CSV_ERRORS,
+    ERRORS,
+    JSON,
+    NO_MODEL,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    as_json,
+    invalid,
+    roster_refused,
+)
+from exampass_api.responses import CSV_EXAMPLE_IN, CSV_EXAMPLE_OUT, CsvBytes, JSONBytes, read_limited
+from exampass_api.roster import MAX_ROSTER, MAX_ROSTER_BYTES, RosterRejected, parse_roster, scored_csv
+from exampass_api.routing import ApiRoute, CsvRoute
 from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, BatchOut, PredictionOut, StudentIn
 from exampass_api.service import BodyErrors, PayloadTooLarge, parse_batch
 
@@ -68,3 +79,44 @@ async def predict_batch(
         return invalid(exc.errors, request.url.path)
     bundle = await get_bundle(store)
     return JSONBytes(await run_in_threadpool(service.predict_batch, bundle, batch, client.name))
+
+
+async def predict_csv(
+    request: Request, client: PredictCaller, store: StoreDep, service: ServiceDep
+) -> Response:
+    """A roster in, the same rows out with `pass_probability`, `predicted_pass`, `top_reasons` and `error`.
+
+    Both header spellings work (the Kaggle file's, or snake_case), extra columns ride along, and a maths
+    column is never scored. A bad row gets its `error` and no probability; every valid row is scored and
+    logged like a batch. Only a file that is not a CSV, lacks a model column or has more than 10,000 rows
+    is refused as a whole.
+    """
+    try:
+        raw = await read_limited(request, MAX_ROSTER_BYTES, f"/predict/csv (at most {MAX_ROSTER:,} rows)")
+        roster = await run_in_threadpool(parse_roster, raw)
+    except PayloadTooLarge as exc:
+        return JSONResponse({"detail": str(exc)}, 413)
+    except RosterRejected as exc:
+        return roster_refused(exc)
+    bundle = await get_bundle(store)
+    return CsvBytes(await run_in_threadpool(scored_csv, service, bundle, roster, client.name))
+
+
+router.add_api_route(
+    "/predict/csv",
+    predict_csv,
+    methods=["POST"],
+    route_class_override=CsvRoute,
+    response_class=CsvBytes,
+    responses={
+        200: {"description": "The roster, scored.", "content": {"text/csv": {"example": CSV_EXAMPLE_OUT}}},
+        **as_json({**CSV_ERRORS, **UNAUTHORIZED, **NO_MODEL}),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE_IN}},
+        }
+    },
+    summary=f"Score a class roster sent as CSV (up to {MAX_ROSTER:,} rows)",
+)

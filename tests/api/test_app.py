@@ -428,25 +428,35 @@ def test_docs_work_offline_with_an_example_for_every_endpoint(client: TestClient
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
 
-    def has_example(ref_or_schema: dict[str, Any]) -> bool:
+    def has_example(content: dict[str, Any]) -> bool:
+        """A JSON body's example lives on its schema; a CSV body's on the media type itself."""
+        media = content.get("application/json") or content["text/csv"]
+        ref_or_schema = media.get("schema", {})
         target = (
             schemas[ref_or_schema["$ref"].rsplit("/", 1)[1]] if "$ref" in ref_or_schema else ref_or_schema
         )
-        return bool(target.get("examples") or target.get("example"))
+        return bool(target.get("examples") or target.get("example") or media.get("example"))
 
     for path, methods in spec["paths"].items():
         for method, operation in methods.items():
             if "requestBody" in operation:
-                assert has_example(operation["requestBody"]["content"]["application/json"]["schema"]), (
-                    path,
-                    method,
-                )
+                assert has_example(operation["requestBody"]["content"]), (path, method)
             ok = next(code for code in operation["responses"] if code.startswith("2"))
-            assert has_example(operation["responses"][ok]["content"]["application/json"]["schema"]), (
-                path,
-                method,
-            )
-    assert set(spec["paths"]) >= {"/predict", "/predict/batch", "/feedback", "/health", "/ready", "/model"}
+            assert has_example(operation["responses"][ok]["content"]), (path, method)
+    assert set(spec["paths"]) >= {
+        "/predict",
+        "/predict/batch",
+        "/predict/csv",
+        "/feedback",
+        "/health",
+        "/ready",
+        "/model",
+    }
+    assert "/" not in spec["paths"] and not any(p.startswith("/page/") for p in spec["paths"])
+    csv_errors = spec["paths"]["/predict/csv"]["post"]["responses"]
+    assert all(
+        list(csv_errors[code]["content"]) == ["application/json"] for code in ("401", "413", "415", "422")
+    )
     student = schemas["StudentIn"]["properties"]
     assert student["gender"]["enum"] == list(schema.CATEGORIES["gender"])
     assert student["reading_score"]["minimum"] == 0 and student["reading_score"]["maximum"] == 100

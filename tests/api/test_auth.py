@@ -272,16 +272,36 @@ _BODIES = strategies.one_of(
 
 
 def test_fuzzed_requests_never_get_a_5xx(make_api: Callable[..., Api]) -> None:
-    """Every authenticated endpoint, with and without keys and with garbage, answers 2xx/4xx only."""
+    """Every authenticated endpoint (the page's forms too), with and without keys and with garbage, answers
+    2xx/4xx only."""
     api = make_api(EXAMPASS_PUBLIC_PREDICT="false")
     valid = api.key("fuzz", "predict", "feedback")["Authorization"].removeprefix("Bearer ")
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(
-        path=strategies.sampled_from(["/predict", "/predict/batch", "/feedback"]),
+        path=strategies.sampled_from(
+            [
+                "/predict",
+                "/predict/batch",
+                "/predict/csv",
+                "/feedback",
+                "/page/predict",
+                "/page/roster",
+                "/page/key",
+            ]
+        ),
         header=_HEADERS,
         body=_BODIES,
-        content_type=strategies.sampled_from(["application/json", "text/plain", None]),
+        content_type=strategies.sampled_from(
+            [
+                "application/json",
+                "text/plain",
+                "text/csv",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data; boundary=x",
+                None,
+            ]
+        ),
     )
     def probe(path: str, header: str | None, body: bytes, content_type: str | None) -> None:
         headers: dict[str, Any] = {} if content_type is None else {"content-type": content_type}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from support import REPO_ROOT as REPO
 from support import STATE_VARS, data_csv, load_script, require
@@ -204,6 +205,51 @@ def port() -> Callable[[], int]:
 def child_env() -> Callable[..., dict[str, str]]:
     """base_env(home, **extra): a server's environment with a private EXAMPASS_HOME and the Kaggle data."""
     return base_env
+
+
+# -------------------------------------------------------------------------------------------- api
+@pytest.fixture(scope="session")
+def trained_home(
+    tmp_path_factory: pytest.TempPathFactory,
+    students: pd.DataFrame,
+    child_env: Callable[..., dict[str, str]],
+) -> Iterator[Path]:
+    """An EXAMPASS_HOME whose MLflow registry holds a @champion, registered through the registry contract.
+
+    A logistic regression fitted on the Kaggle file is logged and promoted exactly as the training asset does
+    (registry.log_model + record_decision), minus candidate selection and MLflow's slow requirement
+    inference: these tests are about pages, and the API cannot tell the difference. Shared by the session:
+    servers started on it write their logs under their own EXAMPASS_LOGS when a test needs to count lines.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from exampass_pipeline import modeling, registry, schema
+    from exampass_pipeline.settings import Settings
+
+    home = tmp_path_factory.mktemp("trained") / "exampass"
+    previous_uri = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith(("EXAMPASS_", "MLFLOW_", "DAGSTER_HOME")):
+                mp.delenv(key)
+        for key, value in child_env(home).items():
+            mp.setenv(key, value)
+        settings = Settings.from_env()
+        experiment_id = registry.configure(settings)
+        pipeline = modeling.build_candidates(["logistic_regression"], seed=0)["logistic_regression"]
+        pipeline.fit(students[list(schema.FEATURES)], students[schema.LABEL].astype(int))
+        try:
+            with mlflow.start_run(experiment_id=experiment_id):
+                test = modeling.split_students(students, seed=42).test
+                mlflow.log_metrics(modeling.evaluate(pipeline, 0.5, test))  # the page's footer shows them
+                info = registry.log_model(pipeline, 0.5, students, candidate="logistic_regression")
+            registry.record_decision(
+                MlflowClient(), str(info.registered_model_version), True, "registered by the browser test"
+            )
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+    yield home
 
 
 # -------------------------------------------------------------------------------------------- postgres

@@ -12,58 +12,16 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import pandas as pd
 import pytest
 from support import REPO_ROOT as REPO
 
 LOOPBACK = {"127.0.0.1", "localhost"}
-
-
-@pytest.fixture(scope="module")
-def trained_home(
-    tmp_path_factory: pytest.TempPathFactory,
-    students: pd.DataFrame,
-    child_env: Callable[..., dict[str, str]],
-) -> Iterator[Path]:
-    """An EXAMPASS_HOME whose MLflow registry holds a @champion, registered through the registry contract.
-
-    A logistic regression fitted on the Kaggle file is logged and promoted exactly as the training asset does
-    (registry.log_model + record_decision), minus candidate selection and MLflow's slow requirement
-    inference: this test is about the page, and the API cannot tell the difference.
-    """
-    import mlflow
-    from mlflow import MlflowClient
-
-    from exampass_pipeline import modeling, registry, schema
-    from exampass_pipeline.settings import Settings
-
-    home = tmp_path_factory.mktemp("api-docs") / "exampass"
-    previous_uri = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key.startswith(("EXAMPASS_", "MLFLOW_", "DAGSTER_HOME")):
-                mp.delenv(key)
-        for key, value in child_env(home).items():
-            mp.setenv(key, value)
-        settings = Settings.from_env()
-        experiment_id = registry.configure(settings)
-        pipeline = modeling.build_candidates(["logistic_regression"], seed=0)["logistic_regression"]
-        pipeline.fit(students[list(schema.FEATURES)], students[schema.LABEL].astype(int))
-        try:
-            with mlflow.start_run(experiment_id=experiment_id):
-                info = registry.log_model(pipeline, 0.5, students, candidate="logistic_regression")
-            registry.record_decision(
-                MlflowClient(), str(info.registered_model_version), True, "registered by the browser test"
-            )
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
-    yield home
 
 
 def test_docs_render_offline_and_try_it_out_predicts(
