@@ -20,10 +20,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from exampass_api.auth import Access
+from exampass_api.auth import Access, Guard
 from exampass_api.errors import on_validation_error
 from exampass_api.keystore import KeyRing
 from exampass_api.model_store import ModelStore
@@ -74,7 +75,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.predlog = predlog
-    app.state.service = PredictionService(predlog)
+    app.state.service = PredictionService(predlog, store)
     app.state.access = access
     app.add_exception_handler(RequestValidationError, on_validation_error)
     for module in (predict, feedback, ops, page):
@@ -85,15 +86,33 @@ def create_app(
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus the request body of /predict/batch, which reads its body itself."""
+    """The generated schema, plus what the routes do outside FastAPI's view: the request body of
+    /predict/batch (it reads its body itself) and the bearer scheme of every guarded route."""
     if app.openapi_schema is None:
         doc = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         batch = BatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = doc.setdefault("components", {}).setdefault("schemas", {})
+        components = doc.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
         for name, definition in batch.pop("$defs", {}).items():
-            components.setdefault(name, definition)
-        components["BatchIn"] = batch
+            schemas.setdefault(name, definition)
+        schemas["BatchIn"] = batch
+        components["securitySchemes"] = {"HTTPBearer": BEARER_SCHEME}
+        for route in app.routes:
+            if isinstance(route, APIRoute) and any(
+                isinstance(d.call, Guard) for d in route.dependant.dependencies
+            ):
+                for method in route.methods or ():
+                    operation = doc["paths"].get(route.path_format, {}).get(method.lower())
+                    if operation is not None:
+                        operation["security"] = [{"HTTPBearer": []}]
         app.openapi_schema = doc
     return app.openapi_schema
+
+
+BEARER_SCHEME: dict[str, str] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An ExamPass API key (`exampass-apikey create NAME --scope ...`).",
+}

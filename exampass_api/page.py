@@ -310,9 +310,7 @@ def _why(exc: Exception) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ answers
-async def predict_student(
-    request: Request, client: str, store: ModelStore, service: PredictionService
-) -> Response:
+async def predict_student(request: Request, client: str, service: PredictionService) -> Response:
     """The one-student form: its reasons beside the fields, or the answer with its chart and sentence."""
     view = base_view(request)
     try:
@@ -325,6 +323,7 @@ async def predict_student(
     if errors:
         view.field_errors = errors
         return render(request, view, 422)
+    store = service.store
     bundle = store.bundle  # read once: the answer and its footer come from the same model
     if bundle is None:
         view.notice = Notice("student", "No model is being served yet", store.unavailable_reason, 503)
@@ -334,9 +333,7 @@ async def predict_student(
     return render(request, view)
 
 
-async def score_roster(
-    request: Request, client: str, store: ModelStore, service: PredictionService
-) -> Response:
+async def score_roster(request: Request, client: str, service: PredictionService) -> Response:
     """The roster upload: the ranked table, the bad rows, and the download; or why the file was refused."""
     view = base_view(request)
     upload = await read_upload(request)
@@ -349,6 +346,7 @@ async def score_roster(
     except RosterRejected as exc:
         view.notice = Notice("roster", f"{filename} was not scored", f"{exc.part}: {exc.reason}", exc.status)
         return render(request, view, exc.status)
+    store = service.store
     bundle = store.bundle
     if bundle is None:
         view.notice = Notice("roster", "No model is being served yet", store.unavailable_reason, 503)

@@ -16,9 +16,10 @@ from typing import Any, Final
 
 import numpy as np
 import orjson
+from fastapi import HTTPException
 from pydantic import ValidationError
 
-from exampass_api.model_store import Bundle
+from exampass_api.model_store import Bundle, ModelStore
 from exampass_api.schemas import EXPLANATION_TOP_K, MAX_BATCH, BatchIn
 from exampass_api.scorer import CODES, FEATURES, encode, top_contributions
 from exampass_api.scorer.encoding import FloatArray, IndexArray
@@ -200,9 +201,18 @@ class Scored:
 class PredictionService:
     """Scores with whatever Bundle the caller captured, and logs through the shared PredictionLog."""
 
-    def __init__(self, predlog: PredictionLog, top_k: int = EXPLANATION_TOP_K) -> None:
+    def __init__(self, predlog: PredictionLog, store: ModelStore, top_k: int = EXPLANATION_TOP_K) -> None:
         self.predlog = predlog
+        self.store = store
         self.top_k = top_k
+
+    def bundle(self) -> Bundle:
+        """The model this request is answered with, read once (a swap mid-request cannot mix versions);
+        503 with the reason while no champion is loaded."""
+        bundle = self.store.bundle
+        if bundle is None:
+            raise HTTPException(503, self.store.unavailable_reason)
+        return bundle
 
     def predict_one(self, bundle: Bundle, record: Mapping[str, Any], client: str) -> bytes:
         proba, contributions = bundle.scorer.explain_one(record)

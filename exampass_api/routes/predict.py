@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exampass_api.auth import PredictCaller
-from exampass_api.deps import ServiceDep, StoreDep, get_bundle
+from exampass_api.deps import ServiceDep
 from exampass_api.errors import (
     CSV_ERRORS,
     ERRORS,
@@ -48,12 +48,11 @@ BATCH_BODY: Final[dict[str, Any]] = {
 async def predict(
     student: StudentIn,
     client: PredictCaller,
-    store: StoreDep,
     service: ServiceDep,
 ) -> JSONBytes:
     """Pass probability, decision (the model's own threshold) and the features that moved it most."""
     # The model is captured after the body is validated, so a bad request is a 422 even with no champion.
-    bundle = await get_bundle(store)
+    bundle = service.bundle()
     return JSONBytes(service.predict_one(bundle, student.__dict__, client.name))
 
 
@@ -65,7 +64,7 @@ async def predict(
     summary=f"Score up to {MAX_BATCH} students in one call",
 )
 async def predict_batch(
-    request: Request, client: PredictCaller, store: StoreDep, service: ServiceDep
+    request: Request, client: PredictCaller, service: ServiceDep
 ) -> JSONBytes | JSONResponse:
     """Answers in the order sent; each student is logged as its own prediction."""
     try:
@@ -77,13 +76,11 @@ async def predict_batch(
         return JSONResponse({"detail": str(exc)}, 413)
     except BodyErrors as exc:
         return invalid(exc.errors, request.url.path)
-    bundle = await get_bundle(store)
+    bundle = service.bundle()
     return JSONBytes(await run_in_threadpool(service.predict_batch, bundle, batch, client.name))
 
 
-async def predict_csv(
-    request: Request, client: PredictCaller, store: StoreDep, service: ServiceDep
-) -> Response:
+async def predict_csv(request: Request, client: PredictCaller, service: ServiceDep) -> Response:
     """A roster in, the same rows out with `pass_probability`, `predicted_pass`, `top_reasons` and `error`.
 
     Both header spellings work (the Kaggle file's, or snake_case), extra columns ride along, and a maths
@@ -98,7 +95,7 @@ async def predict_csv(
         return JSONResponse({"detail": str(exc)}, 413)
     except RosterRejected as exc:
         return roster_refused(exc)
-    bundle = await get_bundle(store)
+    bundle = service.bundle()
     return CsvBytes(await run_in_threadpool(scored_csv, service, bundle, roster, client.name))
 
 
