@@ -35,8 +35,8 @@ def quiet_beta_warnings() -> None:
 
 def instance_for(settings: Settings) -> dg.DagsterInstance:
     """The project-local instance; seeded with the repo's dagster.yaml the first time."""
-    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
-    home = Path(os.environ["DAGSTER_HOME"])
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))  # what DagsterInstance.get() reads
+    home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() and (REPO_ROOT / "dagster.yaml").exists():
