@@ -86,7 +86,7 @@ class ThresholdValues(BaseModel):
         0.02, ge=0, le=1, description="Largest move of a segment's mean pass probability on the trusted set."
     )
     behaviour_max_flag_shift: float = Field(
-        0.15, ge=0, le=1, description="Largest move of a segment's flag rate on the trusted set."
+        0.10, ge=0, le=1, description="Largest move of a segment's flag rate on the trusted set."
     )
     behaviour_min_segment_rows: int = Field(10, ge=1, description="Smaller trusted segments are not judged.")
     corroboration_min_clients: int = Field(
