@@ -411,6 +411,8 @@ def test_health_ready_and_model_describe_the_champion(
     assert set(model["test_metrics"]) == set(schema.TEST_METRICS)
     assert model["test_metrics"] == {k: pytest.approx(run_metrics[k]) for k in schema.TEST_METRICS}
     assert model["explanation"]["units"] == "log-odds"
+    # Registered with one cut-off: /model says so, and there is no card to link.
+    assert model["decision"]["kind"] == "single_threshold" and model["decision"]["cutoffs"] == []
 
 
 def test_docs_work_offline_with_an_example_for_every_endpoint(client: TestClient) -> None:
@@ -442,11 +444,20 @@ def test_docs_work_offline_with_an_example_for_every_endpoint(client: TestClient
                     method,
                 )
             ok = next(code for code in operation["responses"] if code.startswith("2"))
-            assert has_example(operation["responses"][ok]["content"]["application/json"]["schema"]), (
-                path,
-                method,
-            )
-    assert set(spec["paths"]) >= {"/predict", "/predict/batch", "/feedback", "/health", "/ready", "/model"}
+            content = operation["responses"][ok]["content"]
+            if "application/json" not in content:  # /model/card answers Markdown, documented as such
+                assert set(content) == {"text/markdown"}, (path, method)
+                continue
+            assert has_example(content["application/json"]["schema"]), (path, method)
+    assert set(spec["paths"]) >= {
+        "/predict",
+        "/predict/batch",
+        "/feedback",
+        "/health",
+        "/ready",
+        "/model",
+        "/model/card",
+    }
     student = schemas["StudentIn"]["properties"]
     assert student["gender"]["enum"] == list(schema.CATEGORIES["gender"])
     assert student["reading_score"]["minimum"] == 0 and student["reading_score"]["maximum"] == 100
