@@ -11,7 +11,7 @@ export DAGSTER_HOME ?= $(EXAMPASS_HOME)/dagster
 export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformance.csv) $(wildcard $(abspath ../shared/data/StudentsPerformance.csv)) $(CURDIR)/data/StudentsPerformance.csv)
 MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
-.PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift \
+.PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift bench-segments \
 	backfill screenshots system-deps lock-upgrade clean
 
 # Installs exactly what uv.lock pins (never resolves afresh). uv comes from PATH, else from the venv, else it is
@@ -60,10 +60,10 @@ demo: install
 	rm -rf $(CURDIR)/.exampass/demo
 	EXAMPASS_HOME=$(CURDIR)/.exampass/demo DAGSTER_HOME=$(CURDIR)/.exampass/demo/dagster $(BIN)/exampass-demo
 
-bench: bench-model bench-ceiling bench-serve bench-drift
+bench: bench-model bench-ceiling bench-serve bench-drift bench-segments
 
 bench-model: install
-	$(BIN)/python benchmarks/model_quality.py
+	$(BIN)/python benchmarks/model_quality.py --files 10
 
 bench-ceiling: install
 	$(BIN)/python benchmarks/f1_ceiling.py
@@ -73,6 +73,9 @@ bench-serve: install
 
 bench-drift: install
 	$(BIN)/python benchmarks/drift_checks.py
+
+bench-segments: install
+	$(BIN)/python benchmarks/segment_warnings.py
 
 # README screenshots from a real run on a throw-away EXAMPASS_HOME (needs Chromium: make system-deps).
 screenshots: install

@@ -4,7 +4,8 @@ Runs split_students -> train_and_select -> evaluate on 20 seeded stratified 70/1
 file. For every split the chosen model is scored on that split's untouched 200-row test part and on one
 large sample of new students from ``exampass_pipeline.synthetic`` (the population check), under:
   * the served rule: a cut-off per lunch x gender x race/ethnicity group, equal expected fail recall;
-  * the alternatives fitted for the same model: one cut-off for everybody; a cut-off per lunch x gender;
+  * the alternatives fitted for the same model: one cut-off for everybody; a cut-off per lunch x gender; a
+    cut-off per combination of all five categorical features (240 groups);
   * "fairness through unawareness": the same score model without gender and race/ethnicity, one cut-off;
   * the earlier reference points: logistic regression at 0.5, the seed's RandomForest, the majority class.
 Fairness columns: the largest gap in fail-class recall between the groups of each feature, pooled over the
@@ -63,6 +64,7 @@ SERVED = "served: per lunch x gender x race/ethnicity"
 ALTERNATIVES = {
     "single threshold": "same model, one cut-off",
     "per lunch x gender": "same model, per lunch x gender",
+    "per all five categorical features": "same model, per combination of all five categories",
 }
 UNAWARE = "unaware: no gender, race/ethnicity; one cut-off"
 

@@ -74,7 +74,7 @@ def decisions(students: pd.DataFrame) -> dict[str, tuple[object, object]]:
 def judge_day(day: pd.DataFrame, defaults: ThresholdValues) -> dict[str, object]:
     """The day's verdicts: the new rule at every minimum gap (one call, max_gap=0) and the old rule."""
     decision = quality.segment_quality(
-        day, max_gap=0.0, min_fail_per_group=defaults.segment_min_fail, alpha=defaults.quality_alpha
+        day, max_gap=0.0, min_fail_per_group=defaults.segment_min_fail, alpha=defaults.segment_alpha
     )
     out: dict[str, object] = {}
     for min_gap in MIN_GAPS:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     current = f"new@{defaults.segment_max_gap:.2f}"
     print(
         f"segment_quality on {args.days} simulated days of {args.rows} labelled students "
-        f"(alpha {defaults.quality_alpha}, min {defaults.segment_min_fail} fails per group)\n"
+        f"(alpha {defaults.segment_alpha}, min {defaults.segment_min_fail} fails per group)\n"
     )
     head = ["decision", *(f"new, gap > {g:.2f}" for g in MIN_GAPS), "old rule (gap > 0.2)", "mean gaps"]
     print("| " + " | ".join(head) + " |\n|---|" + "---|" * (len(head) - 1))

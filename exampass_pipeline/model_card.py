@@ -83,6 +83,14 @@ BENCHMARK_ROWS: tuple[tuple[str, ...], ...] = (
         "0.203 / 0.314 / 0.220",
     ),
     (
+        "same model, cut-off per combination of all five categorical features",
+        "0.973",
+        "0.714",
+        "0.741",
+        "0.009 / 0.009 / 0.032",
+        "0.015 / 0.215 / 0.308",
+    ),
+    (
         "unawareness: no gender or race/ethnicity as inputs, one cut-off",
         "0.940",
         "0.654",

@@ -255,7 +255,7 @@ def segment_quality(
     df: pd.DataFrame,
     *,
     segments: Sequence[str] = DEFAULT_JUDGED_SEGMENTS,
-    max_gap: float = 0.2,
+    max_gap: float = 0.10,
     min_fail_per_group: int = 5,
     alpha: float = 0.05,
     report_segments: Sequence[str] = schema.SEGMENTS,

@@ -34,6 +34,7 @@ COMPARED_RULES: dict[str, tuple[str, ...]] = {
     "single threshold": (),
     "per lunch x gender": (schema.LUNCH, schema.GENDER),
     "per lunch x gender x race/ethnicity": fairness.RULE_FEATURES,
+    "per all five categorical features": fairness.FAIRNESS_FEATURES,
 }
 
 
