@@ -104,6 +104,9 @@ BENCHMARK_TRADEOFFS = "\n".join(
     + ["| " + " | ".join(row) + " |" for row in BENCHMARK_ROWS]
 )
 BENCHMARK_NOTE = (
+    "Population: 100,000 new students from the population model of exampass_pipeline.synthetic. On a second "
+    "population whose maths is the file's least-squares fit plus the file's noise, the served rule reaches "
+    "ROC-AUC 0.975 and F1 (fail) 0.777 with gaps 0.009 / 0.010 / 0.034. "
     "The file holds 135 failing students; pooled over 20 splits each is counted about four times, so its "
     "gaps are those of a few dozen students per group. The same served procedure run on 10 independent "
     "1,000-student files from the population model gave pooled gaps (5th-95th percentile) of 0.01-0.18 "
@@ -245,8 +248,9 @@ def _caveats() -> str:
         [
             "## Caveats and recommendations",
             "",
-            "- Equal opportunity costs accuracy: about 0.01 F1 (fail) in the population against one cut-off "
-            "for everybody, because some students are flagged at a different probability than the F1-best.",
+            "- Equal opportunity costs accuracy: 0.004-0.014 F1 (fail) in the populations measured against one "
+            "cut-off for everybody, because some students are flagged at a different probability than the "
+            "F1-best.",
             "- The cut-offs hold for the population the model was trained on. A new school, a new mix of "
             "students or a change in grading moves them: the daily `segment_quality` check compares fail "
             "recall between groups (permutation test, Holm-adjusted, plus a minimum gap) and every retrain "
