@@ -12,7 +12,7 @@ export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformanc
 MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
 .PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift \
-	backfill screenshots system-deps lock-upgrade clean bench-poisoning
+	bench-segments bench-poisoning backfill screenshots system-deps lock-upgrade clean
 
 # Installs exactly what uv.lock pins (never resolves afresh). uv comes from PATH, else from the venv, else it is
 # bootstrapped from PyPI into the venv at the version the lock pins; uv never downloads a Python either.
@@ -62,10 +62,10 @@ demo: install
 	rm -rf $(CURDIR)/.exampass/demo
 	EXAMPASS_HOME=$(CURDIR)/.exampass/demo DAGSTER_HOME=$(CURDIR)/.exampass/demo/dagster $(BIN)/exampass-demo
 
-bench: bench-model bench-ceiling bench-serve bench-drift bench-poisoning
+bench: bench-model bench-ceiling bench-serve bench-drift bench-segments bench-poisoning
 
 bench-model: install
-	$(BIN)/python benchmarks/model_quality.py
+	$(BIN)/python benchmarks/model_quality.py --files 10
 
 bench-ceiling: install
 	$(BIN)/python benchmarks/f1_ceiling.py
@@ -75,6 +75,9 @@ bench-serve: install
 
 bench-drift: install
 	$(BIN)/python benchmarks/drift_checks.py
+
+bench-segments: install
+	$(BIN)/python benchmarks/segment_warnings.py
 
 bench-poisoning: install
 	$(BIN)/python benchmarks/poisoning.py

@@ -222,7 +222,7 @@ def train_champion(home: Path, candidate_set: str) -> dict[str, Any]:
     splits = modeling.split_students(students, seed=42)
     with threadpool_limits(limits=1):
         selection = modeling.train_and_select(splits.train, splits.validation, candidate_set=candidate_set)
-    metrics = modeling.evaluate(selection.pipeline, selection.threshold, splits.test)
+    metrics = modeling.evaluate(selection.pipeline, selection.rule, splits.test)
     requirements = [f"{n}=={version(n)}" for n in ("scikit-learn", "skops", "numpy", "scipy", "pandas")]
     with mlflow.start_run():
         mlflow.log_metrics(metrics)
@@ -231,6 +231,8 @@ def train_champion(home: Path, candidate_set: str) -> dict[str, Any]:
             selection.threshold,
             splits.train,
             candidate=selection.name,
+            rule=selection.rule,
+            rule_comparison=selection.rule_comparison,
             pip_requirements=requirements,
         )
     model_version = str(info.registered_model_version)

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from exampass_api.schemas import EXPLANATION_TOP_K
-from exampass_api.scorer import UNITS, Scorer, compile_pipeline
+from exampass_api.scorer import Scorer, compile_pipeline
 from exampass_pipeline import registry, schema
 from exampass_pipeline.settings import Settings
 
@@ -46,9 +46,31 @@ def _iso_ms(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
+def _decision_info(model: registry.LoadedModel) -> dict[str, Any]:
+    """How /model describes the decision rule: what it equalises, over which groups, and every cut-off."""
+    rule = model.decision
+    data = rule.to_dict()
+    return {
+        "kind": rule.kind,
+        "summary": rule.summary(),
+        "criterion": rule.criterion,
+        "features": list(rule.features),
+        "uses_race_ethnicity": schema.RACE_ETHNICITY in rule.features,
+        "target_fail_recall": rule.target_fail_recall,
+        "fallback_threshold": rule.threshold,
+        "cutoffs": data["cutoffs"],
+        "fitted_on": rule.fitted_on,
+    }
+
+
 @dataclass(frozen=True)
 class Bundle:
-    """One servable model version. Immutable: it is replaced, never changed."""
+    """One servable model version. Immutable: it is replaced, never changed.
+
+    ``cutoffs`` is the model's decision rule as a flat table over every combination of the categorical
+    features (``DecisionRule.table()``), indexed by the scorer's codes through ``strides``; ``cutoff_by_value``
+    the same numbers keyed by the rule's own feature values, for one-record requests.
+    """
 
     model: registry.LoadedModel
     scorer: Scorer
@@ -56,9 +78,18 @@ class Bundle:
     threshold: float
     info: dict[str, Any]
     info_json: bytes
+    cutoffs: np.ndarray
+    strides: np.ndarray
+    rule_features: tuple[str, ...]
+    cutoff_by_value: dict[tuple[str, ...], float]
+    card: str | None = None
 
     @classmethod
-    def build(cls, model: registry.LoadedModel, scorer: Scorer) -> Bundle:
+    def build(cls, model: registry.LoadedModel, scorer: Scorer, card: str | None = None) -> Bundle:
+        rule = model.decision
+        table = rule.table()
+        strides = np.array([s // table.itemsize for s in table.strides], dtype=np.intp)
+        by_value = {cell: float(v) for cell, v in rule.cutoffs.items()}
         info = {
             "name": schema.MODEL_NAME,
             "version": model.version,
@@ -72,25 +103,46 @@ class Bundle:
             "scorer": scorer.kind,
             "explanation": {
                 "method": scorer.method,
-                "units": UNITS,
+                "units": scorer.units,
                 "top_k": EXPLANATION_TOP_K,
                 "reference": scorer.reference(),
+                "reference_value": scorer.reference_value,
                 "reference_log_odds": scorer.reference_log_odds,
             },
+            "decision": _decision_info(model),
         }
-        return cls(model, scorer, model.version, float(model.threshold), info, orjson.dumps(info))
+        if card is not None:
+            info["model_card"] = "/model/card"
+        return cls(
+            model=model,
+            scorer=scorer,
+            version=model.version,
+            threshold=float(model.threshold),
+            info=info,
+            info_json=orjson.dumps(info),
+            cutoffs=np.ascontiguousarray(table).reshape(-1),
+            strides=strides,
+            rule_features=rule.features,
+            cutoff_by_value=by_value,
+            card=card,
+        )
 
     def thresholds(self, codes: np.ndarray) -> np.ndarray:
         """The pass-probability cut-off applied to each encoded row (``scorer.encode`` codes).
 
-        Every decision goes through here (and ``threshold_for``), so a rule that sets the cut-off per group
-        of students changes one place, not every route.
+        Every decision goes through here (and ``threshold_for``): one lookup in the rule's table per row,
+        the same numbers ``registry.LoadedModel.thresholds`` gives the pipeline.
         """
-        return np.full(len(codes), self.threshold)
+        if not self.rule_features:
+            return np.full(len(codes), self.threshold)
+        out: np.ndarray = self.cutoffs[codes @ self.strides]
+        return out
 
     def threshold_for(self, record: Mapping[str, Any]) -> float:
         """The cut-off for one validated student record."""
-        return self.threshold
+        if not self.rule_features:
+            return self.threshold
+        return self.cutoff_by_value.get(tuple(record[f] for f in self.rule_features), self.threshold)
 
 
 class ModelStore:
@@ -147,7 +199,8 @@ class ModelStore:
             return False  # this version failed to load recently; wait out its back-off
         try:
             loaded = registry.load_version(version, client)
-            bundle = Bundle.build(loaded, compile_pipeline(loaded.pipeline))
+            card = registry.load_model_card(loaded.run_id)
+            bundle = Bundle.build(loaded, compile_pipeline(loaded.pipeline), card)
         except Exception:
             # Retry a broken version with a doubling delay (capped), not at every poll: each attempt
             # downloads the artifacts again.
@@ -163,12 +216,12 @@ class ModelStore:
         # frees a replaced model.
         gc.freeze()
         log.info(
-            "serving %s version %s (%s, %s scorer, threshold %.4f)",
+            "serving %s version %s (%s, %s scorer; %s)",
             schema.MODEL_NAME,
             bundle.version,
             loaded.candidate,
             bundle.scorer.kind,
-            bundle.threshold,
+            loaded.decision.summary(),
         )
         return True
 

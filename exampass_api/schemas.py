@@ -114,12 +114,14 @@ class BatchIn(BaseModel):
 
 
 class Contribution(BaseModel):
-    """How much one feature moved this student's log-odds of passing, relative to the reference student."""
+    """How much one feature moved this student's prediction, relative to the reference student."""
 
     feature: Literal[schema.FEATURES]  # type: ignore[valid-type]
     value: str | int = Field(description="The value sent for this feature.")
     contribution: float = Field(
-        description="Signed change in the log-odds of passing: positive pushed towards pass, negative to fail"
+        description="Signed change in the units GET /model names under explanation.units: maths points of "
+        "expected score for the score model, log-odds of passing for the classifiers. Positive pushed "
+        "towards pass, negative towards fail."
     )
 
 
@@ -147,7 +149,10 @@ class PredictionOut(BaseModel):
         description="Quote it in POST /feedback when the real math score is known."
     )
     pass_probability: float = Field(ge=0.0, le=1.0)
-    predicted_pass: bool = Field(description="pass_probability >= the model's own tuned threshold.")
+    predicted_pass: bool = Field(
+        description="pass_probability >= the cut-off the model's decision rule sets for this student's group "
+        "(GET /model: decision); false means the student is flagged for help."
+    )
     model_version: str
     explanation: list[Contribution] = Field(
         description=f"The {EXPLANATION_TOP_K} features with the largest |contribution|, largest first."
@@ -210,12 +215,42 @@ class ReadyOut(BaseModel):
 
 class ExplanationInfo(BaseModel):
     method: str
-    units: str
+    units: str = Field(description="Units of every contribution: 'maths points' or 'log-odds'.")
     top_k: int
     reference: dict[str, Any] = Field(
         description="The reference student the contributions are measured from."
     )
+    reference_value: float | None = Field(
+        description="The reference student's value in `units` (expected maths score, or log-odds): the "
+        "contributions add up to the student's value minus this. Null where they are not additive."
+    )
     reference_log_odds: float | None
+
+
+class CutoffOut(BaseModel):
+    """One group's cut-off: the values of the rule's features, and the pass-probability threshold."""
+
+    model_config = ConfigDict(extra="allow")
+
+    threshold: float = Field(ge=0.0, le=1.0)
+
+
+class DecisionOut(BaseModel):
+    """How a pass probability becomes the served decision (the flag is ``not predicted_pass``)."""
+
+    kind: Literal["single_threshold", "group_thresholds"]
+    summary: str
+    criterion: str = Field(description="What the cut-offs were chosen for.")
+    features: list[str] = Field(description="The features whose combination selects a student's cut-off.")
+    uses_race_ethnicity: bool = Field(
+        description="Whether race/ethnicity is one of them (the card says why)."
+    )
+    target_fail_recall: float | None = Field(
+        description="The expected share of failing students flagged, the same in every group."
+    )
+    fallback_threshold: float = Field(description="The single cut-off, for a group without its own.")
+    cutoffs: list[CutoffOut]
+    fitted_on: str = Field(description="The students the cut-offs were computed on (no labels used).")
 
 
 class ModelOut(BaseModel):
@@ -232,17 +267,39 @@ class ModelOut(BaseModel):
                     "run_id": "5b0f1d2c3e4a4b6c8d9e0f1a2b3c4d5e",
                     "threshold": 0.62,
                     "trained_at": "2026-11-27T15:47:00.123000+00:00",
-                    "candidate": "logistic_regression",
-                    "test_metrics": {"test_roc_auc": 0.95, "test_recall_fail": 0.81},
+                    "candidate": "score_regression",
+                    "test_metrics": {"test_roc_auc": 0.97, "test_recall_fail": 0.81},
                     "loaded_at": "2026-11-27T15:48:02.000000+00:00",
-                    "scorer": "linear",
+                    "scorer": "score",
                     "explanation": {
-                        "method": "exact linear decomposition of the log-odds",
-                        "units": "log-odds",
+                        "method": "exact linear decomposition of the expected maths score (points)",
+                        "units": "maths points",
                         "top_k": EXPLANATION_TOP_K,
                         "reference": {schema.READING_SCORE: 69.2, schema.GENDER: "uniform over 2 categories"},
-                        "reference_log_odds": 2.31,
+                        "reference_value": 65.5,
+                        "reference_log_odds": None,
                     },
+                    "decision": {
+                        "kind": "group_thresholds",
+                        "summary": "pass when P(pass) >= the cut-off of the student's lunch x gender x "
+                        "race_ethnicity group",
+                        "criterion": "equal fail-class recall",
+                        "features": [schema.LUNCH, schema.GENDER, schema.RACE_ETHNICITY],
+                        "uses_race_ethnicity": True,
+                        "target_fail_recall": 0.8,
+                        "fallback_threshold": 0.62,
+                        "cutoffs": [
+                            {
+                                schema.LUNCH: "standard",
+                                schema.GENDER: "female",
+                                schema.RACE_ETHNICITY: "group A",
+                                "threshold": 0.64,
+                            }
+                        ],
+                        "fitted_on": "100000 students drawn from the population model refitted on 800 "
+                        "training rows",
+                    },
+                    "model_card": "/model/card",
                 }
             ]
         },
@@ -257,8 +314,14 @@ class ModelOut(BaseModel):
     candidate: str
     test_metrics: dict[str, float]
     loaded_at: str
-    scorer: str = Field(description="Which compiled scorer serves it: linear, forest, boosting or pipeline.")
+    scorer: str = Field(
+        description="Which compiled scorer serves it: score, linear, forest, boosting or pipeline."
+    )
     explanation: ExplanationInfo
+    decision: DecisionOut
+    model_card: str | None = Field(
+        None, description="Where the version's model card is (GET /model/card), when it has one."
+    )
 
 
 class ErrorItem(BaseModel):

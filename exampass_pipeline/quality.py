@@ -16,49 +16,53 @@ the comparison becomes two-sample (Newcombe's hybrid score interval for the reca
 Hanley-McNeil for the AUC difference), which also absorbs the luck of a small test split. Too few labelled
 rows or fails give ``"warn"``: not judged, counted as passed, with the reason.
 
-``segment_quality`` is the fairness view: fail-class recall per gender, lunch and race/ethnicity group, and
-the largest gap between the groups of each judged segment. Groups with fewer than ``min_fail_per_group``
-failing students are reported but not judged: one missed student among three moves their recall by a third.
+``segment_quality`` is the fairness view (fail-class recall per lunch, gender and race/ethnicity group, with a
+noise-aware rule): it lives in ``exampass_pipeline.segments`` and is re-exported here, where callers have
+always found it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
-from exampass_pipeline import schema
 from exampass_pipeline.modeling import classification_metrics
+from exampass_pipeline.segments import (
+    DEFAULT_JUDGED_SEGMENTS,
+    PREDICTED,
+    SegmentDecision,
+    Status,
+    _flat,
+    group_figures,
+    holm,
+    recall_gap_pvalue,
+    segment_quality,
+)
 
-Status = Literal["pass", "fail", "warn"]
-
-PREDICTED = "predicted_pass"
+__all__ = [
+    "DEFAULT_JUDGED_SEGMENTS",
+    "PREDICTED",
+    "QualityDecision",
+    "SegmentDecision",
+    "Status",
+    "clopper_pearson_upper",
+    "delong_auc",
+    "group_figures",
+    "hanley_mcneil_se",
+    "holm",
+    "model_quality",
+    "recall_gap_pvalue",
+    "segment_quality",
+    "wilson_bounds",
+]
 RECALL = "recall_fail"
 AUC = "roc_auc"
 CHAMPION_KEYS = {RECALL: "test_recall_fail", AUC: "test_roc_auc"}
 METHOD = "one-sided upper bounds at alpha/2 each: clopper-pearson (recall_fail), delong (roc_auc)"
-DEFAULT_JUDGED_SEGMENTS: tuple[str, ...] = (schema.LUNCH, schema.GENDER)
-
-
-def _flat(out: dict[str, Any]) -> dict[str, float | int | str]:
-    """Drop NaN (not valid JSON in an alert payload) and turn bools into 0/1 for numeric trend tables."""
-    flat: dict[str, float | int | str] = {}
-    for key, value in out.items():
-        if isinstance(value, bool | np.bool_):
-            flat[key] = int(value)
-        elif isinstance(value, int | np.integer):
-            flat[key] = int(value)
-        elif isinstance(value, float | np.floating):
-            if not math.isnan(value):
-                flat[key] = float(value)
-        elif isinstance(value, str):
-            flat[key] = value
-    return flat
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -271,7 +275,7 @@ def _verdict(
 def model_quality(
     y_pass: Any,
     p_pass: Any,
-    threshold: float,
+    threshold: float | np.ndarray,
     champion: dict[str, float],
     *,
     alpha: float = 0.05,
@@ -281,8 +285,9 @@ def model_quality(
     """Fail when fail-class recall or ROC-AUC is significantly below the champion's test figures.
 
     ``y_pass``: true labels (True = passed) of the day's labelled rows; ``p_pass``: the served pass
-    probabilities; ``threshold``: the served cut-off; ``champion``: at least ``test_recall_fail`` and/or
-    ``test_roc_auc`` (optionally ``test_n_fail`` and ``test_n_pass``, see the module docstring).
+    probabilities; ``threshold``: the served cut-off, one number or one per row (``LoadedModel.thresholds``);
+    ``champion``: at least ``test_recall_fail`` and/or ``test_roc_auc`` (optionally ``test_n_fail`` and
+    ``test_n_pass``, see the module docstring).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha: {alpha!r} must be strictly between 0 and 1")
@@ -334,166 +339,3 @@ def model_quality(
     elif champ[AUC] is not None:
         parts.append("ROC-AUC not judged (no passing students)")
     return _verdict(n, n_fail, alpha, level, degraded, parts, figures)
-
-
-# -----------------------------------------------------------------------------------------------------------
-# Segment quality
-# -----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SegmentDecision:
-    """Per-group figures for every reported segment, and the recall gaps of the judged ones."""
-
-    status: Status
-    passed: bool
-    max_gap: float
-    min_fail_per_group: int
-    judged_segments: list[str]
-    failing_segments: list[str]
-    small_groups: list[str]
-    segments: dict[str, dict[str, Any]] = field(default_factory=dict)
-    reason: str = ""
-
-    def to_metadata(self) -> dict[str, float | int | str]:
-        """Flat scalars: the gaps, then one key per group and figure (``lunch=standard_recall_fail``)."""
-        out: dict[str, Any] = {
-            "status": self.status,
-            "passed": self.passed,
-            "max_gap": self.max_gap,
-            "min_fail_per_group": self.min_fail_per_group,
-            "judged_segments": ", ".join(self.judged_segments),
-            "failing_segments": ", ".join(self.failing_segments) or "none",
-            "small_groups": ", ".join(self.small_groups) or "none",
-            "reason": self.reason,
-        }
-        for name, seg in self.segments.items():
-            out[f"{name}_recall_gap"] = seg["gap"]
-            for group, fig in seg["groups"].items():
-                for key in ("n", "n_fail", "recall_fail", "precision_fail", "accuracy"):
-                    out[f"{name}={group}_{key}"] = fig[key]
-        return _flat(out)
-
-
-def _bool_column(df: pd.DataFrame, name: str) -> pd.Series:
-    col = df[name]
-    if col.dtype == bool:
-        return col
-    bad = sorted({repr(v) for v in col.dropna().unique() if v not in (True, False, 0, 1)})
-    if bad:
-        raise ValueError(f"{name}: values {', '.join(bad[:5])} are not True/False or 1/0")
-    return col.astype("boolean")
-
-
-def group_figures(y_pass: np.ndarray, predicted_pass: np.ndarray) -> dict[str, float]:
-    """n, n_fail, fail-class recall and precision, accuracy of one group (NaN where undefined)."""
-    fail, pred_fail = ~y_pass, ~predicted_pass
-    n_fail = int(fail.sum())
-    n_pred_fail = int(pred_fail.sum())
-    caught = int((fail & pred_fail).sum())
-    return {
-        "n": int(y_pass.size),
-        "n_fail": n_fail,
-        "recall_fail": caught / n_fail if n_fail else float("nan"),
-        "precision_fail": caught / n_pred_fail if n_pred_fail else float("nan"),
-        "accuracy": float((y_pass == predicted_pass).mean()) if y_pass.size else float("nan"),
-    }
-
-
-def segment_quality(
-    df: pd.DataFrame,
-    *,
-    segments: Sequence[str] = DEFAULT_JUDGED_SEGMENTS,
-    max_gap: float = 0.2,
-    min_fail_per_group: int = 5,
-    report_segments: Sequence[str] = schema.SEGMENTS,
-) -> SegmentDecision:
-    """Fail (a WARN-severity check) when fail-class recall differs by more than ``max_gap`` between groups.
-
-    ``df`` holds ``pass_math`` and ``predicted_pass`` plus the segment columns; rows without a label (no
-    feedback yet) are left out. Every segment of ``report_segments`` and ``segments`` is reported; only
-    ``segments`` are judged, and within them only groups with at least ``min_fail_per_group`` fails.
-    """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
-    if not 0.0 <= max_gap <= 1.0:
-        raise ValueError(f"max_gap: {max_gap!r} must be within [0, 1]")
-    if min_fail_per_group < 1:
-        raise ValueError(f"min_fail_per_group: {min_fail_per_group!r} must be at least 1")
-    judged = list(dict.fromkeys(segments))
-    required = [schema.LABEL, PREDICTED, *judged]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(f"segment_quality: missing column(s) {', '.join(missing)}")
-    shown = list(dict.fromkeys([*report_segments, *judged]))
-    shown = [s for s in shown if s in df.columns]
-
-    label = _bool_column(df, schema.LABEL)
-    labelled = df[label.notna()]
-    y = label[label.notna()].to_numpy(dtype=bool)
-    predicted = _bool_column(labelled, PREDICTED)
-    if predicted.isna().any():
-        raise ValueError(f"{PREDICTED}: {int(predicted.isna().sum())} labelled row(s) have no prediction")
-    pred = predicted.to_numpy(dtype=bool)
-
-    result: dict[str, dict[str, Any]] = {}
-    small: list[str] = []
-    failing: list[str] = []
-    gaps_text: list[str] = []
-    for name in shown:
-        values = labelled[name].astype(str).to_numpy()
-        order = [g for g in schema.CATEGORIES.get(name, ()) if g in set(values)]
-        order += sorted(set(values) - set(order))
-        groups: dict[str, dict[str, Any]] = {}
-        for group in order:
-            mask = values == group
-            fig = group_figures(y[mask], pred[mask])
-            fig["judged"] = fig["n_fail"] >= min_fail_per_group
-            groups[group] = fig
-        is_judged = name in judged
-        eligible = {g: f["recall_fail"] for g, f in groups.items() if f["judged"]}
-        gap = max(eligible.values()) - min(eligible.values()) if len(eligible) >= 2 else float("nan")
-        seg = {"judged": is_judged and len(eligible) >= 2, "gap": gap, "groups": groups}
-        if len(eligible) >= 2:
-            low = min(eligible, key=lambda g: eligible[g])
-            high = max(eligible, key=lambda g: eligible[g])
-            seg["lowest_group"], seg["highest_group"] = low, high
-        result[name] = seg
-        if is_judged:
-            small += [f"{name}={g} ({f['n_fail']} fails)" for g, f in groups.items() if not f["judged"]]
-            if seg["judged"]:
-                gaps_text.append(
-                    f"{name} gap {gap:.2f} ({seg['lowest_group']} {eligible[seg['lowest_group']]:.2f} vs "
-                    f"{seg['highest_group']} {eligible[seg['highest_group']]:.2f})"
-                )
-                if gap > max_gap:
-                    failing.append(name)
-
-    judged_ok = [s for s in judged if result[s]["judged"]]
-    small_note = f"; too few fails to judge: {', '.join(small)}" if small else ""
-    if failing:
-        status: Status = "fail"
-        reason = (
-            f"fail-class recall gap above {max_gap:.2f} in {', '.join(failing)}: {'; '.join(gaps_text)}"
-            f"{small_note}"
-        )
-    elif not judged_ok:
-        status = "warn"
-        reason = (
-            f"segment quality not judged: no segment of {', '.join(judged)} has two groups with at least "
-            f"{min_fail_per_group} failing students ({len(y)} labelled rows){small_note}"
-        )
-    else:
-        status = "pass"
-        reason = f"fail-class recall gaps within {max_gap:.2f}: {'; '.join(gaps_text)}{small_note}"
-    return SegmentDecision(
-        status=status,
-        passed=status != "fail",
-        max_gap=max_gap,
-        min_fail_per_group=min_fail_per_group,
-        judged_segments=judged,
-        failing_segments=failing,
-        small_groups=small,
-        segments=result,
-        reason=reason,
-    )

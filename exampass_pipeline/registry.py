@@ -23,6 +23,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from exampass_pipeline import schema
+from exampass_pipeline.decision import DecisionRule
+from exampass_pipeline.score_model import ScoreProbitClassifier as ScoreProbitClassifier  # for the API
 from exampass_pipeline.settings import Settings
 
 EXPERIMENT_NAME = "exampass"
@@ -31,6 +33,8 @@ ARTIFACT_PATH = "model"
 # Everything a model of ours may contain beyond what skops trusts by default. A candidate that needs more
 # fails at logging time (skops refuses), long before the API would refuse it.
 TRUSTED_TYPES: list[str] = [
+    # Our one estimator class (least squares on the maths score): numbers and arrays only.
+    f"{ScoreProbitClassifier.__module__}.{ScoreProbitClassifier.__qualname__}",
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
@@ -46,6 +50,12 @@ TAG_THRESHOLD = "threshold"
 TAG_APPROVED_BY = "approved_by"
 TAG_APPROVED_AT = "approved_at"
 TAG_APPROVAL_NOTE = "approval_note"
+# The MLmodel metadata keys holding DecisionRule.to_dict(), next to "threshold", and the expected figures of
+# the rules compared when it was chosen (modeling.Selection.rule_comparison; the model card shows them).
+META_RULE = "decision_rule"
+META_RULE_COMPARISON = "rule_comparison"
+# The model card: a Markdown artifact at the root of the version's run (model_card.render).
+MODEL_CARD_PATH = "model_card.md"
 
 
 def _database_store(uri: str) -> bool:
@@ -104,18 +114,27 @@ def log_model(
     example: pd.DataFrame,
     *,
     candidate: str,
+    rule: DecisionRule | None = None,
+    rule_comparison: pd.DataFrame | None = None,
     register: bool = True,
     pip_requirements: list[str] | None = None,
 ) -> Any:
     """Log a fitted sklearn Pipeline to the active run with skops and register it.
 
-    The threshold travels inside the MLmodel metadata, so whoever loads a version also gets the decision rule
-    it was tuned with. Requirements default to the exact installed versions of what a skops sklearn model
+    The decision travels inside the MLmodel metadata, so whoever loads a version also gets the rule it was
+    fitted with: ``threshold`` (the single cut-off, all an older reader knows) and ``decision_rule`` (the
+    full rule, ``DecisionRule.to_dict()``; a single cut-off at ``threshold`` when ``rule`` is None). A rule
+    whose fallback differs from ``threshold`` is refused: the two must never tell different stories.
+    ``rule_comparison`` (rules x expected figures) is stored as ``rule_comparison`` for the model card.
+    Requirements default to the exact installed versions of what a skops sklearn model
     needs: MLflow's own inference re-imports the model in a subprocess and scans every installed distribution,
     30-60 s per registration on a busy 2-core box, to arrive at the same list.
     """
     if pip_requirements is None:
         pip_requirements = pinned_requirements()
+    rule = DecisionRule.single(threshold) if rule is None else rule
+    if rule.threshold != float(threshold):
+        raise ValueError(f"rule: its threshold {rule.threshold!r} differs from threshold {threshold!r}")
     example = example[list(schema.FEATURES)].head(5)
     with warnings.catch_warnings():
         # MLflow hints that integer columns cannot hold missing values; scores are never missing by contract.
@@ -129,10 +148,21 @@ def log_model(
         signature=signature,
         input_example=example,
         registered_model_name=schema.MODEL_NAME if register else None,
-        metadata={"threshold": float(threshold), "candidate": candidate, "features": list(schema.FEATURES)},
+        metadata={
+            "threshold": float(threshold),
+            "candidate": candidate,
+            "features": list(schema.FEATURES),
+            META_RULE: rule.to_dict(),
+            **({} if rule_comparison is None else {META_RULE_COMPARISON: _comparison_data(rule_comparison)}),
+        },
         pyfunc_predict_fn="predict_proba",
         pip_requirements=pip_requirements,
     )
+
+
+def _comparison_data(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """rules x figures as plain floats (YAML cannot hold numpy scalars)."""
+    return {str(r): {str(c): float(v) for c, v in row.items()} for r, row in table.iterrows()}
 
 
 def pinned_requirements() -> list[str]:
@@ -154,7 +184,11 @@ def champion_version(client: MlflowClient | None = None) -> ModelVersion | None:
 
 @dataclass
 class LoadedModel:
-    """A model version ready to score: the sklearn Pipeline plus everything needed to describe it."""
+    """A model version ready to score: the sklearn Pipeline plus everything needed to describe it.
+
+    ``rule`` is the served decision (from the MLmodel metadata); ``threshold`` its single fallback cut-off.
+    A model logged before rules existed gets a single-cut-off rule at its threshold.
+    """
 
     pipeline: Any
     threshold: float
@@ -163,6 +197,18 @@ class LoadedModel:
     candidate: str
     created_at_ms: int | None
     metrics: dict[str, float] = field(default_factory=dict)
+    rule: DecisionRule | None = None
+    rule_comparison: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        if self.rule is None:
+            self.rule = DecisionRule.single(float(self.threshold))
+
+    @property
+    def decision(self) -> DecisionRule:
+        """The rule, never None (``__post_init__`` fills it in)."""
+        assert self.rule is not None
+        return self.rule
 
     def pass_probability(self, frame: pd.DataFrame) -> np.ndarray:
         """P(pass) for each student of ``frame`` (columns schema.FEATURES)."""
@@ -170,7 +216,7 @@ class LoadedModel:
 
     def thresholds(self, frame: pd.DataFrame) -> np.ndarray:
         """The cut-off applied to each student: every decision the pipeline makes goes through here."""
-        return np.full(len(frame), float(self.threshold))
+        return self.decision.for_frame(frame)
 
     def predicted_pass(self, frame: pd.DataFrame) -> np.ndarray:
         """The served decision (the flag is ``~predicted_pass``), exactly as the API makes it."""
@@ -202,15 +248,36 @@ def load_version(version: ModelVersion, client: MlflowClient | None = None) -> L
     if version.run_id:
         run = client.get_run(version.run_id)
         metrics = {k: v for k, v in run.data.metrics.items() if k in schema.TEST_METRICS}
+    threshold = float(meta.get("threshold", version.tags.get(TAG_THRESHOLD, 0.5)))
     return LoadedModel(
         pipeline=pipeline,
-        threshold=float(meta.get("threshold", version.tags.get(TAG_THRESHOLD, 0.5))),
+        threshold=threshold,
         version=str(version.version),
         run_id=version.run_id,
         candidate=str(meta.get("candidate", "unknown")),
         created_at_ms=version.creation_timestamp,
         metrics=metrics,
+        rule=DecisionRule.from_dict(meta.get(META_RULE), threshold),
+        rule_comparison=pd.DataFrame(meta[META_RULE_COMPARISON]).T
+        if meta.get(META_RULE_COMPARISON)
+        else None,
     )
+
+
+def log_model_card(client: MlflowClient, run_id: str, markdown: str) -> None:
+    """Store a version's model card (``model_card.render``) as ``model_card.md`` on its run."""
+    client.log_text(run_id, markdown, MODEL_CARD_PATH)
+
+
+def load_model_card(run_id: str | None) -> str | None:
+    """The model card of a version's run, or None when it has none (versions logged before cards)."""
+    if not run_id:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_CARD_PATH)
+    except (MlflowException, OSError):
+        return None
+    return Path(path).read_text(encoding="utf-8")
 
 
 def load_champion(client: MlflowClient | None = None) -> LoadedModel | None:
@@ -264,5 +331,10 @@ def approve(client: MlflowClient, version: str, approver: str, note: str = "") -
 
 def describe(loaded: LoadedModel) -> str:
     return json.dumps(
-        {"version": loaded.version, "candidate": loaded.candidate, "threshold": loaded.threshold}
+        {
+            "version": loaded.version,
+            "candidate": loaded.candidate,
+            "threshold": loaded.threshold,
+            "decision": loaded.decision.summary(),
+        }
     )

@@ -59,7 +59,15 @@ class ThresholdValues(BaseModel):
     drift_min_rows: int = Field(50, ge=1, description="Fewest rows a day needs before drift is judged.")
     quality_alpha: float = Field(0.05, gt=0, lt=1, description="False-alarm budget of `model_quality`.")
     quality_min_labelled: int = Field(50, ge=1, description="Fewest labelled rows before quality is judged.")
-    segment_max_gap: float = Field(0.20, ge=0, le=1, description="Largest fail-recall gap between groups.")
+    segment_max_gap: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Smallest fail-recall gap between groups worth a warning (it must also be significant).",
+    )
+    segment_alpha: float = Field(
+        0.05, gt=0, lt=1, description="False-alarm budget of `segment_quality` (Holm across segments)."
+    )
     segment_min_fail: int = Field(5, ge=1, description="Fewest fails a group needs to be judged.")
     retrain_cooldown_s: float = Field(3600, ge=0, description="Least time between two sensor retrains.")
     # Retraining that poisoned feedback cannot steer (exampass_pipeline.trust and .gate; docs/security.md).

@@ -98,7 +98,10 @@ def _simulate_day(
     proba = np.asarray(model.pipeline.predict_proba(students[list(schema.FEATURES)])[:, 1], dtype=float)
     if not np.isfinite(proba).all() or (proba < 0).any() or (proba > 1).any():
         raise ValueError(f"model version {model.version} returned pass probabilities outside 0..1 on {day}")
-    predicted = proba >= float(model.threshold)
+    # The served decision: a registry.LoadedModel applies its rule (per-group cut-offs); a bare stand-in with
+    # only ``threshold`` gets that one cut-off.
+    cut = model.thresholds(students) if hasattr(model, "thresholds") else float(model.threshold)
+    predicted = proba >= cut
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     offsets = np.sort(rng.integers(0, _DAY_US, size=len(students)))
     stamps = [start + timedelta(microseconds=int(us)) for us in offsets]
@@ -164,7 +167,8 @@ def write_history(
 ) -> list[DaySummary]:
     """Write predictions (and late feedback) for past ``days`` into the logs under ``logs_dir``.
 
-    ``model`` is a ``registry.LoadedModel`` (anything with ``pipeline``, ``threshold`` and ``version``).
+    ``model`` is a ``registry.LoadedModel`` (or anything with ``pipeline``, ``threshold`` and ``version``;
+    with ``thresholds(frame)`` too, that decides instead of the one ``threshold``).
     Each day's students are shared out among ``clients``, who send their predictions and report outcomes.
     Days before ``drift_start`` use the ``none`` scenario, the others ``scenario``; without ``drift_start``
     every day uses ``scenario``. Everything is generated and scored before the first line is written, so a
@@ -388,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.feedback_delay_days,
         args.seed,
     )
-    print(f"model version {model.version} ({model.candidate}), threshold {model.threshold:.3f}")
+    print(f"model version {model.version} ({model.candidate}), {model.decision.summary()}")
     _print_history(summaries, logs_dir)
     return 0
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from exampass_pipeline import drift, modeling, reports, schema, synthetic
+from exampass_pipeline.decision import EQUAL_FAIL_RECALL, DecisionRule
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,12 @@ def test_quality_report_matches_the_metrics_and_evidently(setup: dict, tmp_path:
     html_path = tmp_path / "quality.html"
     numbers = reports.quality_report(day, threshold, html_path)
     page = _text(html_path)
-    for section in ("ExamPass quality summary", "Confusion matrix", "Per-segment quality", "drawDashboard"):
+    for section in (
+        "ExamPass quality summary",
+        "Confusion matrix",
+        "Fairness: is a failing student",
+        "drawDashboard",
+    ):
         assert section in page
     expected = modeling.classification_metrics(day[schema.LABEL], day["pass_probability"], threshold)
     for key in ("accuracy", "roc_auc", "recall_fail", "precision_fail", "f1_fail"):
@@ -92,6 +98,31 @@ def test_quality_report_matches_the_metrics_and_evidently(setup: dict, tmp_path:
     fails = ~standard[schema.LABEL]
     caught = (standard["pass_probability"] < threshold)[fails].mean()
     assert numbers["lunch=standard_recall_fail"] == pytest.approx(caught)
+    passes = standard[schema.LABEL]
+    assert numbers["lunch=standard_false_alarm_rate"] == pytest.approx(
+        (standard["pass_probability"] < threshold)[passes].mean()
+    )
+    assert numbers["lunch=standard_mean_p_fail"] == pytest.approx((1 - standard["pass_probability"]).mean())
+    assert "lunch_recall_gap" in numbers and "parental_level_of_education_recall_gap" in numbers
+
+
+def test_quality_report_applies_a_per_group_rule(setup: dict, tmp_path: Path) -> None:
+    day = setup["day"]
+    cells = {("standard",): 0.75, ("free/reduced",): 0.45}
+    rule = DecisionRule(0.6, (schema.LUNCH,), cells, EQUAL_FAIL_RECALL, 0.8)
+    numbers = reports.quality_report(day, rule, tmp_path / "rule.html")
+    cut = rule.for_frame(day)
+    expected = modeling.classification_metrics(day[schema.LABEL], day["pass_probability"], cut)
+    for key in ("recall_fail", "precision_fail", "f1_fail"):
+        assert numbers[key] == pytest.approx(expected[key])
+    # The same numbers from the cut-offs themselves, one per row.
+    assert reports.quality_report(day, cut, tmp_path / "rows.html")["recall_fail"] == numbers["recall_fail"]
+    page = _text(tmp_path / "rule.html")
+    assert (
+        "cut-off of the student&#x27;s lunch group" in page or "cut-off of the student's lunch group" in page
+    )
+    with pytest.raises(ValueError, match="one per row"):
+        reports.quality_report(day, cut[:-1], tmp_path / "bad.html")
 
 
 def test_quality_report_without_labels_says_why(setup: dict, tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def test_write_history_writes_each_day_with_the_champion_scores(champion, histor
         frame = pd.DataFrame(records)
         expected = model.pipeline.predict_proba(frame[list(schema.FEATURES)])[:, 1]
         np.testing.assert_allclose(frame["pass_probability"], expected, rtol=1e-9)
-        assert (frame["predicted_pass"] == (frame["pass_probability"] >= model.threshold)).all()
+        assert (frame["predicted_pass"] == (frame["pass_probability"] >= model.thresholds(frame))).all()
         ids.update(frame["prediction_id"])
     assert len(ids) == 180  # unique ids across days
     assert [s.day for s in summaries] == DAYS

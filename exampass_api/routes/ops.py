@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import JSONResponse, Response
 
 from exampass_api.deps import Served
 from exampass_api.errors import NO_MODEL
 from exampass_api.responses import JSONBytes
 from exampass_api.routing import ApiRoute
-from exampass_api.schemas import HealthOut, ModelOut, ReadyOut
+from exampass_api.schemas import HealthOut, MessageOut, ModelOut, ReadyOut
 
 router = APIRouter(tags=["operations"], route_class=ApiRoute)
 
@@ -28,5 +28,26 @@ async def ready(bundle: Served) -> JSONResponse:
 
 @router.get("/model", response_model=ModelOut, responses=NO_MODEL, summary="The model being served")
 async def model(bundle: Served) -> JSONBytes:
-    """Name, version, alias, run, threshold, training date, test metrics, and how explanations work."""
+    """Name, version, alias, run, decision rule, training date, test metrics, and how explanations work."""
     return JSONBytes(bundle.info_json)
+
+
+NO_CARD = "this model version has no model card (it was registered before cards were written)"
+
+
+@router.get(
+    "/model/card",
+    response_class=Response,
+    responses={
+        **NO_MODEL,
+        200: {"content": {"text/markdown": {}}, "description": "The model card, in Markdown."},
+        404: {"model": MessageOut, "description": NO_CARD},
+    },
+    summary="The model card of the model being served",
+)
+async def model_card(bundle: Served) -> Response:
+    """Intended use, data and its limits, metrics overall and per group, the fairness criterion and its
+    measured trade-offs, caveats: the Markdown card logged with this version (Mitchell et al., 2019)."""
+    if bundle.card is None:
+        raise HTTPException(404, NO_CARD)
+    return Response(bundle.card, media_type="text/markdown; charset=utf-8")

@@ -11,9 +11,12 @@ probe grid before it is used, falling back to the plain Pipeline if they ever di
 Rows are encoded as ``codes`` (n, 5): the index of each categorical value in ``schema.CATEGORIES``, and
 ``nums`` (n, 2): the two scores as float64.
 
-Explanations, always in log-odds of passing, per original feature (one-hot columns are summed back). Each
-module's docstring says how its method works and what the contributions add up to:
+Explanations per original feature (one-hot columns are summed back), in log-odds of passing, except the score
+model's, in maths points (each scorer's ``units``). Each module's docstring says how its method works and what
+the contributions add up to:
 
+* ``score`` (ScoreProbitClassifier, least squares on the maths score): exact decomposition of the expected
+  maths score against a reference student, in points.
 * ``linear`` (LogisticRegression): exact decomposition against a reference student.
 * ``forest`` (random forest, extra trees, one tree) and ``boosting`` (HistGradientBoosting): path
   attribution (Saabas), precomputed per leaf; the forest's rescaled from probability to log-odds.
@@ -56,6 +59,8 @@ from exampass_api.scorer.encoding import (
 from exampass_api.scorer.fallback import PipelineScorer
 from exampass_api.scorer.forest import Forest, ForestScorer
 from exampass_api.scorer.linear import LinearScorer
+from exampass_api.scorer.score import ScoreScorer
+from exampass_pipeline import registry
 
 __all__ = [
     "CATEGORICAL",
@@ -75,6 +80,7 @@ __all__ = [
     "NumericColumn",
     "PipelineScorer",
     "Scorer",
+    "ScoreScorer",
     "UnsupportedPipeline",
     "compile_design",
     "compile_pipeline",
@@ -103,6 +109,8 @@ def _compile_unchecked(pipeline: Any) -> Scorer:
         raise UnsupportedPipeline("not a two-step Pipeline (preprocess, model)")
     design = compile_design(pipeline.steps[0][1])
     estimator = pipeline.steps[-1][1]
+    if isinstance(estimator, registry.ScoreProbitClassifier):
+        return ScoreScorer(design, estimator)
     if isinstance(estimator, LogisticRegression):
         if np.asarray(estimator.coef_).shape[0] != 1:
             raise UnsupportedPipeline("multinomial logistic regression")

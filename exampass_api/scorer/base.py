@@ -14,11 +14,21 @@ from exampass_api.scorer.encoding import FloatArray, IndexArray, encode
 
 
 class Scorer(ABC):
-    """A compiled model: probabilities and per-feature log-odds contributions from (codes, nums)."""
+    """A compiled model: probabilities and per-feature contributions from (codes, nums).
+
+    Contributions are in ``units`` (log-odds of passing for the classifiers, maths points for the score
+    model), measured from ``reference_value`` (the reference student's value in those units, or None where
+    the method is not additive). ``reference_log_odds`` is the same number for log-odds scorers, else None.
+    """
 
     kind: str = "abstract"
     method: str = ""
+    units: str = "log-odds"
     reference_log_odds: float | None = None
+
+    @property
+    def reference_value(self) -> float | None:
+        return self.reference_log_odds
 
     @abstractmethod
     def predict_proba(self, codes: IndexArray, nums: FloatArray) -> FloatArray:

@@ -79,17 +79,22 @@ class LinearScorer(Scorer):
             contrib[:, N_CAT + i] += w * (z - z_ref)
         return logit, contrib
 
-    def predict_proba(self, codes: IndexArray, nums: FloatArray) -> FloatArray:
+    def _link(self, eta: FloatArray) -> FloatArray:
+        """P(pass) from the linear predictor: the logistic function (the probit scorer overrides it)."""
         from scipy.special import expit
 
-        proba: FloatArray = expit(self._logit_and_contrib(codes, nums)[0])
+        proba: FloatArray = expit(eta)
         return proba
 
-    def explain(self, codes: IndexArray, nums: FloatArray) -> tuple[FloatArray, FloatArray]:
-        from scipy.special import expit
+    def _link_one(self, eta: float) -> float:
+        return _expit(eta)
 
+    def predict_proba(self, codes: IndexArray, nums: FloatArray) -> FloatArray:
+        return self._link(self._logit_and_contrib(codes, nums)[0])
+
+    def explain(self, codes: IndexArray, nums: FloatArray) -> tuple[FloatArray, FloatArray]:
         logit, contrib = self._logit_and_contrib(codes, nums)
-        return expit(logit), contrib
+        return self._link(logit), contrib
 
     def explain_one(self, record: Mapping[str, Any]) -> tuple[float, list[float]]:
         logit = self.intercept
@@ -102,7 +107,7 @@ class LinearScorer(Scorer):
             z = (record[name] - shift) / scale
             logit += w * z
             contrib[N_CAT + i] += w * (z - z_ref)
-        return _expit(logit), contrib
+        return self._link_one(logit), contrib
 
     def reference(self) -> dict[str, Any]:
         return self.design.reference_description()

@@ -4,15 +4,18 @@ The training asset, the benchmark, monitoring and the tests all call these funct
 for "how a model is chosen" and "how a model is scored" exist exactly once. Every model is an sklearn
 Pipeline [("preprocess", ColumnTransformer), ("model", estimator)] over a DataFrame with columns
 schema.FEATURES; class 1 (True) is "passes", and `predict_proba(X)[:, 1]` is the pass probability. The
-decision rule is `predicted_pass = pass_probability >= threshold`.
+decision is `predicted_pass = pass_probability >= the cut-off the model's DecisionRule gives the student`
+(exampass_pipeline.decision; fitted by exampass_pipeline.fairness).
 
 The pipelines are deliberately restricted to OneHotEncoder (explicit schema categories), StandardScaler or
-"passthrough" feeding LogisticRegression, RandomForestClassifier or HistGradientBoostingClassifier: the API
+"passthrough" feeding ScoreProbitClassifier (``score_model``: least squares on the maths score, read out as
+P(maths >= 50)), LogisticRegression, RandomForestClassifier or HistGradientBoostingClassifier: the API
 compiles exactly those types into a fast array scorer, and skops loads them with registry.TRUSTED_TYPES.
 
 The pieces are split by what changes together: ``splits`` (the seeded 70/10/20 cut and the label reader),
 ``candidates`` (pipelines, hyperparameters and training targets), ``metrics`` (how a model is scored),
-``threshold`` (the decision cut-off rule), ``selection`` (the procedure that combines them), ``plots`` (the
+``threshold`` (the F1 cut-off rule and out-of-fold
+predictions), ``selection`` (the procedure that combines them), ``plots`` (the
 figures logged with a model version) and ``lineage`` (the training table's content hash). Callers import
 from ``exampass_pipeline.modeling`` itself, which re-exports every public name, so moving code between the
 pieces never changes a caller.
@@ -28,7 +31,9 @@ from exampass_pipeline.modeling.candidates import (
     SOFT_WEIGHT_FLOOR,
     build_candidates,
     fit_pipeline,
+    fits_math_score,
     make_preprocessor,
+    score_targets,
     training_targets,
 )
 from exampass_pipeline.modeling.lineage import table_hash
@@ -39,7 +44,7 @@ from exampass_pipeline.modeling.metrics import (
     pass_probability,
 )
 from exampass_pipeline.modeling.plots import plot_confusion, plot_roc
-from exampass_pipeline.modeling.selection import Selection, train_and_select
+from exampass_pipeline.modeling.selection import COMPARED_RULES, Selection, train_and_select
 from exampass_pipeline.modeling.splits import (
     TEST_FRACTION,
     VALIDATION_FRACTION,
@@ -57,10 +62,13 @@ from exampass_pipeline.modeling.threshold import (
     f1_fail_curve,
     out_of_fold_pass_probability,
 )
+from exampass_pipeline.score_model import LATENT_PASS_MARK, ScoreProbitClassifier
 
 __all__ = [
     "CANDIDATES",
     "CANDIDATE_SETS",
+    "COMPARED_RULES",
+    "LATENT_PASS_MARK",
     "METRIC_NAMES",
     "N_ONE_HOT",
     "OOF_FOLDS",
@@ -71,6 +79,7 @@ __all__ = [
     "TEST_FRACTION",
     "THRESHOLD_GRID",
     "VALIDATION_FRACTION",
+    "ScoreProbitClassifier",
     "Selection",
     "Splits",
     "build_candidates",
@@ -79,12 +88,14 @@ __all__ = [
     "evaluate",
     "f1_fail_curve",
     "fit_pipeline",
+    "fits_math_score",
     "label_array",
     "make_preprocessor",
     "out_of_fold_pass_probability",
     "pass_probability",
     "plot_confusion",
     "plot_roc",
+    "score_targets",
     "split_sizes",
     "split_students",
     "table_hash",

@@ -19,12 +19,13 @@ from sklearn.metrics import (
 )
 
 from exampass_pipeline import schema
+from exampass_pipeline.decision import DecisionRule
 from exampass_pipeline.modeling.splits import _require_columns, label_array
 
 METRIC_NAMES: tuple[str, ...] = tuple(m.removeprefix("test_") for m in schema.TEST_METRICS)
 
 
-def _check_scores(y_pass: Any, p_pass: Any, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _check_scores(y_pass: Any, p_pass: Any, threshold: Any = None) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_pass)
     p = np.asarray(p_pass, dtype=float)
     if y.ndim != 1 or p.ndim != 1:
@@ -39,13 +40,20 @@ def _check_scores(y_pass: Any, p_pass: Any, threshold: float | None = None) -> t
         raise ValueError(f"y_pass: labels must be True/False or 1/0, got {np.unique(y)[:5].tolist()}")
     if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
         raise ValueError("p_pass: probabilities must be finite and within [0, 1]")
-    if threshold is not None and not (0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold: {threshold!r} is outside [0, 1]")
+    if threshold is not None:
+        cut = np.asarray(threshold, dtype=float)
+        if cut.ndim > 1 or (cut.ndim == 1 and len(cut) != len(p)):
+            raise ValueError(
+                f"threshold: expected one number or one per row ({len(p)}), got shape {cut.shape}"
+            )
+        if not np.isfinite(cut).all() or (cut < 0).any() or (cut > 1).any():
+            shown = threshold if cut.ndim == 0 else cut[(~np.isfinite(cut)) | (cut < 0) | (cut > 1)][0]
+            raise ValueError(f"threshold: {shown!r} is outside [0, 1]")
     return y.astype(bool), p
 
 
-def classification_metrics(y_pass: Any, p_pass: Any, threshold: float) -> dict[str, float]:
-    """Quality of pass probabilities under a threshold, with "fail" as the positive class.
+def classification_metrics(y_pass: Any, p_pass: Any, threshold: float | np.ndarray) -> dict[str, float]:
+    """Quality of pass probabilities under a threshold (one, or one per row), "fail" as the positive class.
 
     Fail is the class users act on (which students need help), so F1/recall/precision are the fail class's.
     ROC-AUC is on the pass probability (identical to the fail probability's AUC). A batch holding only one
@@ -78,8 +86,15 @@ def pass_probability(pipeline: Any, df: pd.DataFrame) -> np.ndarray:
     return np.asarray(pipeline.predict_proba(df[list(schema.FEATURES)])[:, 1], dtype=float)
 
 
-def evaluate(pipeline: Any, threshold: float, df: pd.DataFrame) -> dict[str, float]:
-    """schema.TEST_METRICS for a fitted pipeline and its threshold on a labelled table (normally test)."""
+def evaluate(
+    pipeline: Any, threshold: float | np.ndarray | DecisionRule, df: pd.DataFrame
+) -> dict[str, float]:
+    """schema.TEST_METRICS for a fitted pipeline and its decision on a labelled table (normally test).
+
+    ``threshold`` is one cut-off, one per row, or the model's DecisionRule (applied to ``df``'s rows): pass
+    a loaded model's ``rule`` so the figures are those of the served decision.
+    """
     y = label_array(df, "evaluate")
-    metrics = classification_metrics(y, pass_probability(pipeline, df), threshold)
+    cut = threshold.for_frame(df) if isinstance(threshold, DecisionRule) else threshold
+    metrics = classification_metrics(y, pass_probability(pipeline, df), cut)
     return {f"test_{name}": metrics[name] for name in METRIC_NAMES}

@@ -1,9 +1,10 @@
-"""The daily model-quality report: fail-class figures, confusion and per-segment quality of the day's
-labelled rows, under Evidently's ClassificationPreset.
+"""The daily model-quality report: fail-class figures, confusion and the fairness table (per group of every
+categorical feature) of the day's labelled rows, under Evidently's ClassificationPreset.
 
-The figures on top are computed here and in exampass_pipeline.quality (the definitions the checks judge by),
-not read back from Evidently: Evidently cannot draw one-class days and its GroupBy gives every segment the
-whole-dataset value (see the package docstring).
+The figures on top are computed here, in exampass_pipeline.fairness (fairlearn's MetricFrame) and in
+exampass_pipeline.segments (the test the segment check judges by), not read back from Evidently: Evidently
+cannot draw one-class days, its GroupBy gives every segment the whole-dataset value (see the package
+docstring), and it knows one cut-off where the served rule may set one per group.
 """
 
 from __future__ import annotations
@@ -16,12 +17,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exampass_pipeline import quality, schema
+from exampass_pipeline import fairness, quality, schema
+from exampass_pipeline.decision import DecisionRule
 from exampass_pipeline.reports.page import PROBABILITY, _finite, _page, _require, _table, _write
 
 _FAILED = "failed"
 _FAIL_PROBABILITY = "fail_probability"
 _PREDICTED_FAIL = "predicted_fail"
+_CUT = "_cut_off"
+Decision = float | np.ndarray | DecisionRule
+
+
+def _cut_offs(current: pd.DataFrame, threshold: Decision) -> tuple[np.ndarray, float, str]:
+    """Each row's cut-off, the single number Evidently gets, and the rule in words for the page."""
+    if isinstance(threshold, DecisionRule):
+        return threshold.for_frame(current), threshold.threshold, threshold.summary()
+    cut = np.asarray(threshold, dtype=float)
+    if cut.ndim == 0:
+        cut = np.full(len(current), float(cut))
+        single = float(cut[0]) if len(cut) else float(np.asarray(threshold))
+        text = f"pass when P(pass) &ge; {single:.3f}"
+    elif cut.shape == (len(current),):
+        single = float(np.median(cut)) if len(cut) else 0.5
+        text = "pass when P(pass) &ge; the cut-off served for the student's group"
+    else:
+        raise ValueError(f"threshold: expected one number or one per row ({len(current)}), got {cut.shape}")
+    if not np.isfinite(cut).all() or (cut < 0).any() or (cut > 1).any():
+        raise ValueError(f"threshold: {threshold!r} is outside [0, 1]")
+    return cut, single, text
 
 
 def _labelled(current: pd.DataFrame) -> pd.DataFrame:
@@ -47,6 +70,9 @@ def _labelled(current: pd.DataFrame) -> pd.DataFrame:
 
 
 def _evidently_quality(frame: pd.DataFrame, threshold: float) -> tuple[Any, dict[str, float]]:
+    """Evidently's ClassificationPreset with the served decisions as labels; its probability threshold is
+    the rule's single fallback cut-off (Evidently knows one), so only its threshold-dependent figures
+    computed from probabilities may differ from ours under a per-group rule."""
     from evidently import BinaryClassification, DataDefinition, Dataset, Report
     from evidently.presets import ClassificationPreset
 
@@ -56,7 +82,7 @@ def _evidently_quality(frame: pd.DataFrame, threshold: float) -> tuple[Any, dict
             _FAIL_PROBABILITY: 1.0 - frame[PROBABILITY].to_numpy(dtype=float),
         }
     )
-    data[_PREDICTED_FAIL] = (frame[PROBABILITY].to_numpy(dtype=float) < threshold).astype(int)
+    data[_PREDICTED_FAIL] = (frame[PROBABILITY].to_numpy(dtype=float) < frame[_CUT].to_numpy()).astype(int)
     definition = DataDefinition(
         classification=[
             BinaryClassification(
@@ -125,43 +151,54 @@ def _unscorable(n: int, n_fail: int) -> list[str]:
 def _segment_figures(
     frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, predicted: np.ndarray
 ) -> tuple[dict[str, Any], list[list[Any]], int]:
-    """Per segment group: the flat numbers, the table rows, and the fail count below which a group is not judged.
+    """The fairness table: per group of every categorical feature, the flat numbers and the table rows.
 
-    The groups and their figures come from quality.segment_quality, the definitions the segment check judges
-    by; only the per-group ROC-AUC is added here, because the check does not use it.
+    The figures come from fairness.assess (fairlearn's MetricFrame); the gap test of each judged segment
+    from quality.segment_quality, the rule the segment check applies; the per-group ROC-AUC is added here.
     """
+    features = [f for f in fairness.FAIRNESS_FEATURES if f in frame.columns]
+    assessment = fairness.assess(y, p, predicted, frame, features=features)
     seg = quality.segment_quality(
-        frame.assign(predicted_pass=predicted), segments=[], report_segments=schema.SEGMENTS
+        frame.assign(predicted_pass=predicted),
+        segments=[s for s in quality.DEFAULT_JUDGED_SEGMENTS if s in frame.columns],
+        report_segments=[],
     )
     numbers: dict[str, Any] = {}
     rows: list[list[Any]] = []
-    for name, info in seg.segments.items():
-        values = frame[name].astype(str).to_numpy()
-        for group, fig in info["groups"].items():
-            mask = values == group
-            auc = quality.delong_auc(y[mask], p[mask])[0]
-            for key in ("n", "n_fail", "recall_fail", "precision_fail", "accuracy"):
-                numbers[f"{name}={group}_{key}"] = fig[key]
-            numbers[f"{name}={group}_roc_auc"] = auc
-            rows.append(
-                [
-                    name,
-                    group,
-                    fig["n"],
-                    fig["n_fail"],
-                    fig["recall_fail"],
-                    fig["precision_fail"],
-                    fig["accuracy"],
-                    auc,
-                    fig["judged"],
-                ]
-            )
-        numbers[f"{name}_recall_gap"] = info["gap"]
+    for key, fig in assessment.by_group.iterrows():
+        name, group = str(key[0]), str(key[1])  # type: ignore[index]
+        mask = frame[name].astype(str).to_numpy() == group
+        auc = quality.delong_auc(y[mask], p[mask])[0]
+        figures = {
+            "n": int(fig["n"]),
+            "n_fail": int(fig["n_fail"]),
+            "recall_fail": fig["fail_recall"],
+            "precision_fail": fig["precision_fail"],
+            "accuracy": fig["accuracy"],
+            "false_alarm_rate": fig["false_alarm_rate"],
+            "flag_rate": fig["flag_rate"],
+            "mean_p_fail": fig["mean_p_fail"],
+            "fail_rate": fig["fail_rate"],
+            "roc_auc": auc,
+        }
+        numbers.update({f"{name}={group}_{k}": v for k, v in figures.items()})
+        interval = f"{fig['fail_recall_low']:.2f}-{fig['fail_recall_high']:.2f}" if fig["n_fail"] else "n/a"
+        judged = fig["n_fail"] >= seg.min_fail_per_group
+        rows.append(
+            [name, group, figures["n"], figures["n_fail"], fig["fail_recall"], interval]
+            + [fig["false_alarm_rate"], fig["flag_rate"], fig["mean_p_fail"], fig["fail_rate"], auc, judged]
+        )
+    for name in features:
+        judged = seg.segments.get(name)
+        numbers[f"{name}_recall_gap"] = judged["gap"] if judged else assessment.gap(name)
+        if judged and "p_holm" in judged:
+            numbers[f"{name}_recall_gap_p_holm"] = judged["p_holm"]
+    numbers["segment_status"] = seg.status
     return numbers, rows, seg.min_fail_per_group
 
 
 def _quality_sections(
-    threshold: float, numbers: dict[str, Any], segment_rows: list[list[Any]], min_fail_per_group: int
+    rule_text: str, numbers: dict[str, Any], segment_rows: list[list[Any]], min_fail_per_group: int
 ) -> str:
     """The ExamPass section: the decision rule in words, the summary, the confusion matrix, the segments."""
     summary = _table(
@@ -194,24 +231,42 @@ def _quality_sections(
             ["pass", numbers["fp_fail"], numbers["tn_fail"]],
         ],
     )
+    gaps = [
+        f"{name}: gap {numbers[f'{name}_recall_gap']:.2f}"
+        + (
+            f", p = {numbers[f'{name}_recall_gap_p_holm']:.3f} (Holm)"
+            if f"{name}_recall_gap_p_holm" in numbers
+            else ""
+        )
+        for name in fairness.FAIRNESS_FEATURES
+        if isinstance(numbers.get(f"{name}_recall_gap"), float)
+        and not np.isnan(numbers[f"{name}_recall_gap"])
+    ]
     return (
-        "<h2>ExamPass quality summary</h2><p class='note'>Decision rule: pass when pass probability "
-        f"&ge; {threshold:.3f}. Recall and precision are those of the <b>fail</b> class, the students "
-        f"who need help.</p>{summary}<h2>Confusion matrix</h2>{confusion}"
-        "<h2>Per-segment quality</h2><p class='note'>Fail-class recall per group; groups with fewer "
-        f"than {min_fail_per_group} failing students are too small to judge (their recall moves by "
-        "a third with one student).</p>"
+        f"<h2>ExamPass quality summary</h2><p class='note'>Decision rule: {rule_text}. Recall and "
+        "precision are those of the <b>fail</b> class, the students who need help.</p>"
+        f"{summary}<h2>Confusion matrix</h2>{confusion}"
+        "<h2>Fairness: is a failing student flagged as often in every group?</h2><p class='note'>Per group "
+        "(fairlearn MetricFrame): fail recall (the chance a failing student is flagged) with its 95 % "
+        "Wilson interval, false alarms (passing students flagged), flag rate, and calibration (mean "
+        "P(fail) against the observed fail rate). Groups with fewer than "
+        f"{min_fail_per_group} failing students are not judged: their recall moves by a third with one "
+        "student. The segment check warns only on a gap that is significant (permutation test, Holm) and "
+        f"large. {html.escape('; '.join(gaps))}.</p>"
         + _table(
             [
-                "segment",
+                "feature",
                 "group",
                 "n",
                 "fails",
-                "recall (fail)",
-                "precision (fail)",
-                "accuracy",
+                "fail recall",
+                "95 % interval",
+                "false alarms",
+                "flag rate",
+                "mean P(fail)",
+                "fail rate",
                 "ROC-AUC",
-                "enough fails to judge",
+                "judged",
             ],
             segment_rows,
             left=2,
@@ -243,24 +298,25 @@ def _evidently_part(frame: pd.DataFrame, threshold: float) -> tuple[str | None, 
     return evidently_html, numbers, []
 
 
-def quality_report(current: pd.DataFrame, threshold: float, html_path: Path) -> dict[str, float | int]:
+def quality_report(current: pd.DataFrame, threshold: Decision, html_path: Path) -> dict[str, float | int]:
     """Evidently classification quality of the day's labelled rows, with "fail" as the positive class.
 
     ``current`` needs ``pass_probability`` and ``pass_math`` (or ``math_score``); rows without a label are
-    ignored; the segment columns (gender, lunch, race_ethnicity) are used when present. The decision is
-    recomputed as ``pass_probability >= threshold``, the served rule. Returns flat numbers: accuracy, ROC-AUC,
-    fail-class recall/precision/F1, the confusion counts, and per segment group n, n_fail, recall_fail,
-    precision_fail, accuracy and roc_auc (as ``gender=female_recall_fail``).
+    ignored; the categorical features are used when present. ``threshold`` is the served decision: the
+    model's ``DecisionRule`` (``LoadedModel.decision``), one cut-off, or one per row of ``current``; the
+    decision is recomputed as ``pass_probability >= cut-off``. Returns flat numbers: accuracy, ROC-AUC,
+    fail-class recall/precision/F1, the confusion counts, and per group n, n_fail, recall_fail,
+    precision_fail, accuracy, false_alarm_rate, flag_rate, mean_p_fail, fail_rate and roc_auc (as
+    ``gender=female_recall_fail``), with each feature's ``_recall_gap``.
     """
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold: {threshold!r} is outside [0, 1]")
-    frame = _labelled(current)
+    cut, single, rule_text = _cut_offs(current, threshold)
+    frame = _labelled(current.assign(**{_CUT: cut}))
     y = frame[schema.LABEL].to_numpy(dtype=bool)
     p = frame[PROBABILITY].to_numpy(dtype=float)
-    predicted = p >= threshold
+    predicted = p >= frame[_CUT].to_numpy(dtype=float)
     n, n_fail = int(y.size), int((~y).sum())
     numbers: dict[str, Any] = {
-        "threshold": float(threshold),
+        "threshold": float(single),
         "n_labelled": n,
         "n_fail": n_fail,
         "n_pass": n - n_fail,
@@ -278,10 +334,10 @@ def quality_report(current: pd.DataFrame, threshold: float, html_path: Path) -> 
         problems += _unscorable(n, n_fail)
         segment_numbers, segment_rows, min_fail_per_group = _segment_figures(frame, y, p, predicted)
         numbers.update(segment_numbers)
-        sections = _quality_sections(threshold, numbers, segment_rows, min_fail_per_group)
+        sections = _quality_sections(rule_text, numbers, segment_rows, min_fail_per_group)
 
     if not problems:
-        evidently_html, evidently_numbers, problems = _evidently_part(frame, threshold)
+        evidently_html, evidently_numbers, problems = _evidently_part(frame, single)
         numbers.update(evidently_numbers)
     numbers["evidently_available"] = int(evidently_html is not None)
     if problems:

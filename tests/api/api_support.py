@@ -28,6 +28,7 @@ from support import REPO_ROOT, STATE_VARS
 
 from exampass_api.keystore import create_key
 from exampass_pipeline import modeling, registry
+from exampass_pipeline.decision import DecisionRule
 from exampass_pipeline.demo import free_port
 from exampass_pipeline.settings import Settings
 
@@ -91,13 +92,22 @@ def register(
     candidate: str,
     threshold: float = 0.5,
     promote: bool = True,
+    rule: DecisionRule | None = None,
+    card: str | None = None,
 ) -> str:
-    """Log, register and (optionally) promote one fitted pipeline the way the training assets do."""
+    """Log, register and (optionally) promote one fitted pipeline the way the training assets do.
+
+    With ``rule`` the version carries that decision rule (its ``threshold`` wins); with ``card``, a model card.
+    """
     registry.configure(settings)
-    metrics = modeling.evaluate(pipeline, threshold, modeling.split_students(students, seed=42).test)
-    with mlflow.start_run():
+    threshold = rule.threshold if rule is not None else threshold
+    decision = rule if rule is not None else threshold
+    metrics = modeling.evaluate(pipeline, decision, modeling.split_students(students, seed=42).test)
+    with mlflow.start_run() as run:
         mlflow.log_metrics(metrics)
-        info = registry.log_model(pipeline, threshold, students.head(5), candidate=candidate)
+        info = registry.log_model(pipeline, threshold, students.head(5), candidate=candidate, rule=rule)
+        if card is not None:
+            registry.log_model_card(MlflowClient(), run.info.run_id, card)
     version = str(info.registered_model_version)
     registry.record_decision(MlflowClient(), version, promote, "test")
     return version

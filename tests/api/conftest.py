@@ -40,7 +40,7 @@ def fitted(students: pd.DataFrame) -> dict[str, Any]:
     with threadpool_limits(limits=1):
         candidates = modeling.build_candidates(ALL_CANDIDATES, seed=42)
         for pipeline in candidates.values():
-            pipeline.fit(train[list(schema.FEATURES)], modeling.label_array(train))
+            modeling.fit_pipeline(pipeline, train)
     return candidates
 
 

@@ -411,6 +411,8 @@ def test_health_ready_and_model_describe_the_champion(
     assert set(model["test_metrics"]) == set(schema.TEST_METRICS)
     assert model["test_metrics"] == {k: pytest.approx(run_metrics[k]) for k in schema.TEST_METRICS}
     assert model["explanation"]["units"] == "log-odds"
+    # Registered with one cut-off: /model says so, and there is no card to link.
+    assert model["decision"]["kind"] == "single_threshold" and model["decision"]["cutoffs"] == []
 
 
 def test_docs_work_offline_with_an_example_for_every_endpoint(client: TestClient) -> None:
@@ -442,7 +444,11 @@ def test_docs_work_offline_with_an_example_for_every_endpoint(client: TestClient
             if "requestBody" in operation:
                 assert has_example(operation["requestBody"]["content"]), (path, method)
             ok = next(code for code in operation["responses"] if code.startswith("2"))
-            assert has_example(operation["responses"][ok]["content"]), (path, method)
+            content = operation["responses"][ok]["content"]
+            if "application/json" not in content and "text/csv" not in content:
+                assert set(content) == {"text/markdown"}, (path, method)  # /model/card answers Markdown
+                continue
+            assert has_example(content), (path, method)
     assert set(spec["paths"]) >= {
         "/predict",
         "/predict/batch",
@@ -451,6 +457,7 @@ def test_docs_work_offline_with_an_example_for_every_endpoint(client: TestClient
         "/health",
         "/ready",
         "/model",
+        "/model/card",
     }
     assert "/" not in spec["paths"] and not any(p.startswith("/page/") for p in spec["paths"])
     csv_errors = spec["paths"]["/predict/csv"]["post"]["responses"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from api_support import ALL_CANDIDATES, Registry, use_home
 from mlflow import MlflowClient
-from scipy.special import expit, logit
+from scipy.special import expit, logit, ndtr
 from sklearn.compose import ColumnTransformer
 from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import Pipeline
@@ -21,6 +21,7 @@ from exampass_pipeline import modeling, registry, schema
 
 FEATURES = list(schema.FEATURES)
 EXPECTED_KIND = {
+    "score_regression": "score",
     "logistic_regression": "linear",
     "random_forest": "forest",
     "hist_gradient_boosting": "boosting",
@@ -108,6 +109,35 @@ def _saabas_by_hand(tree: Any, X32: np.ndarray, column_feature: np.ndarray) -> n
         for parent, child in zip(nodes[:-1], nodes[1:], strict=True):
             out[row, column_feature[t.feature[parent]]] += value[child] - value[parent]
     return out
+
+
+def test_score_contributions_are_the_exact_decomposition_of_the_expected_maths_score(
+    compiled: dict[str, Any], students: pd.DataFrame, records: list[dict[str, Any]]
+) -> None:
+    _, scorer, pipeline = compiled["score_regression"]
+    assert scorer.units == "maths points" and scorer.reference_log_odds is None
+    codes, nums = sc.encode(records)
+    proba, contrib = scorer.explain(codes, nums)
+    model = pipeline.named_steps["model"]
+    mu = model.predict_score(pipeline.named_steps["preprocess"].transform(students[FEATURES]))
+    # Reference student as for the logistic model: scores at the training mean, categories uniform.
+    scaler = pipeline.named_steps["preprocess"].named_transformers_["numeric"]
+    grid = pd.MultiIndex.from_product([schema.CATEGORIES[c] for c in schema.CATEGORICAL_FEATURES]).to_frame(
+        index=False, name=list(schema.CATEGORICAL_FEATURES)
+    )
+    for i, name in enumerate(schema.NUMERIC_FEATURES):
+        grid[name] = scaler.mean_[i]
+    reference = model.predict_score(pipeline.named_steps["preprocess"].transform(grid[FEATURES])).mean()
+    assert scorer.reference_value == pytest.approx(reference, abs=1e-9)
+    np.testing.assert_allclose(contrib.sum(axis=1), mu - reference, atol=1e-9)
+    np.testing.assert_allclose(proba, ndtr((mu - 49.5) / model.scale_), atol=1e-12)
+    # A student's lunch contribution is the lunch coefficient in points, centred over the two lunches.
+    columns = list(pipeline.named_steps["preprocess"].get_feature_names_out())
+    lunch = [model.coef_[columns.index(f"categorical__lunch_{c}")] for c in schema.CATEGORIES["lunch"]]
+    free = [i for i, r in enumerate(records) if r["lunch"] == "free/reduced"]
+    assert contrib[free, schema.FEATURES.index("lunch")] == pytest.approx(lunch[1] - np.mean(lunch))
+    info = scorer.reference()
+    assert info["pass_mark"] == 49.5 and info["sigma"] == model.scale_
 
 
 def test_forest_contributions_follow_each_trees_decision_path(
