@@ -7,6 +7,7 @@ for a change of behaviour. A held promotion is an alert that says how to approve
 """
 
 import base64
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from mlflow import MlflowClient
 
-from exampass_pipeline import gate, modeling, registry, schema, trust
+from exampass_pipeline import dataset, fairness, gate, model_card, modeling, registry, schema, trust
 from exampass_pipeline.alerts import Alerter
 from exampass_pipeline.resources import ExamPassPaths, MlflowRegistry, Thresholds
 
@@ -41,10 +42,60 @@ def _plots(
     out_dir = paths.reports / "models" / f"v{candidate.version}"
     out_dir.mkdir(parents=True, exist_ok=True)
     roc_png = modeling.plot_roc(y_pass, p_pass, out_dir / "roc_curve.png")
-    cm_png = modeling.plot_confusion(y_pass, p_pass, candidate.threshold, out_dir / "confusion_matrix.png")
+    cuts = candidate.thresholds(test)
+    cm_png = modeling.plot_confusion(y_pass, p_pass, cuts, out_dir / "confusion_matrix.png")
     client.log_artifact(run_id, str(roc_png), "evaluation")
     client.log_artifact(run_id, str(cm_png), "evaluation")
     return roc_png, cm_png
+
+
+def _fairness(
+    client: MlflowClient,
+    run_id: str,
+    candidate: registry.LoadedModel,
+    test: pd.DataFrame,
+    metrics: dict[str, float],
+    card: Any,
+    data_source: str,
+) -> fairness.Assessment:
+    """Per-group figures (fairlearn MetricFrame) on the test split, logged as metrics and a table, and the
+    model card, which every registered version carries."""
+    assessment = fairness.assess(
+        test[schema.LABEL].astype(bool).to_numpy(),
+        candidate.pass_probability(test),
+        candidate.predicted_pass(test),
+        test,
+    )
+    for name, value in assessment.metrics(prefix="test_").items():
+        if not math.isnan(value):  # a feature with fewer than two groups of enough fails has no gap
+            client.log_metric(run_id, name, float(value))
+    client.log_table(run_id, data=assessment.table(), artifact_file="evaluation/fairness.json")
+    markdown = model_card.render(
+        version=candidate.version,
+        candidate=candidate.candidate,
+        rule=candidate.decision,
+        test_metrics=metrics,
+        assessment=assessment,
+        rule_comparison=candidate.rule_comparison,
+        n_train=int(card["n_train"]),
+        n_test=len(test),
+        data_source=data_source,
+        run_id=run_id,
+        trained_at=str(card["trained_at"]),
+    )
+    registry.log_model_card(client, run_id, markdown)
+    return assessment
+
+
+def _data_source(students: pd.DataFrame) -> str:
+    sources = set(students.loc[trust.is_curated(students), dataset.SOURCE_COLUMN].astype(str))
+    curated = (
+        "the Kaggle file (EXAMPASS_DATA)" if "kaggle" in sources else "a SYNTHETIC sample (no data file)"
+    )
+    production = int((~trust.is_curated(students)).sum())
+    return curated + (
+        f", plus {production} screened production rows with reported outcomes" if production else ""
+    )
 
 
 def _judge(
@@ -69,7 +120,7 @@ def _judge(
     )
     champion_metrics = None
     if champion is not None and champion.version != candidate.version:
-        champion_metrics = modeling.evaluate(champion.pipeline, champion.threshold, splits["test"])
+        champion_metrics = modeling.evaluate(champion.pipeline, champion.decision, splits["test"])
     return decision, champion_metrics, champion
 
 
@@ -134,11 +185,12 @@ def model_evaluation(
     card = pass_classifier.iloc[0]
     version = client.get_model_version(schema.MODEL_NAME, str(card["model_version"]))
     candidate = registry.load_version(version, client)
-    metrics = modeling.evaluate(candidate.pipeline, candidate.threshold, test_split)
+    metrics = modeling.evaluate(candidate.pipeline, candidate.decision, test_split)
     run_id = str(card["mlflow_run_id"])
     for name, value in metrics.items():
         client.log_metric(run_id, name, float(value))
     roc_png, cm_png = _plots(client, paths, candidate, run_id, test_split)
+    assessment = _fairness(client, run_id, candidate, test_split, metrics, card, _data_source(students))
     splits = {"test": test_split, "trusted": trusted_set}
     decision, champion_metrics, champion = _judge(client, candidate, thresholds, splits, students)
     _record(context, client, run_id, candidate, decision, (alerter, warehouse))
@@ -153,9 +205,10 @@ def model_evaluation(
     table["evaluated_at"] = datetime.now(UTC).replace(tzinfo=None)
     table["n_test"] = len(test_split)
     table["n_trusted"] = len(trusted_set)
-    return dg.Output(
-        table, metadata=_evaluation_metadata(paths, card, candidate, metrics, decision, (roc_png, cm_png))
-    )
+    metadata = _evaluation_metadata(paths, card, candidate, metrics, decision, (roc_png, cm_png))
+    metadata["fairness"] = dg.MetadataValue.md(assessment.markdown())
+    metadata.update({k: float(v) for k, v in assessment.metrics(prefix="test_").items() if not math.isnan(v)})
+    return dg.Output(table, metadata=metadata)
 
 
 def _evaluation_metadata(

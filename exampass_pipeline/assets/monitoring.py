@@ -198,10 +198,11 @@ def quality_report(
     labelled[schema.LABEL] = labelled[schema.LABEL].astype(bool)
     labelled["predicted_pass"] = labelled["predicted_pass"].astype(bool)
     model = serving_model(prediction_batches, mlflow_registry)
-    threshold = model.threshold if model else 0.5
     html = paths.reports / "quality" / f"{day.isoformat()}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
-    numbers: dict[str, Any] = dict(reports.quality_report(labelled, threshold, html))
+    # The served decision: the model's rule (a cut-off per group of students), so the day is judged by what
+    # the students were actually told.
+    numbers: dict[str, Any] = dict(reports.quality_report(labelled, model.decision if model else 0.5, html))
 
     # The champion's test figures came from a test split with only a few dozen fails; passing its class counts
     # lets the check allow for the luck of that split as well as of today's sample.
@@ -213,13 +214,16 @@ def quality_report(
     decision = quality.model_quality(
         labelled[schema.LABEL].to_numpy(),
         labelled["pass_probability"].to_numpy(),
-        threshold,
+        model.thresholds(labelled) if model else 0.5,
         champion_figures,
         alpha=thresholds.quality_alpha,
         min_labelled=thresholds.quality_min_labelled,
     )
     segments = quality.segment_quality(
-        labelled, max_gap=thresholds.segment_max_gap, min_fail_per_group=thresholds.segment_min_fail
+        labelled,
+        max_gap=thresholds.segment_max_gap,
+        min_fail_per_group=thresholds.segment_min_fail,
+        alpha=thresholds.segment_alpha,
     )
     numbers.update({f"exampass_{k}": v for k, v in decision.to_metadata().items()})
     yield dg.Output(

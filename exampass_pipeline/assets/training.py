@@ -95,7 +95,12 @@ def pass_classifier(
         train_hash = modeling.table_hash(train_split[list(schema.FEATURES) + [schema.MATH_SCORE]])
         _track(context, config, selection, train_split, validation_split, train_hash)
         info = registry.log_model(
-            selection.pipeline, selection.threshold, train_split, candidate=selection.name
+            selection.pipeline,
+            selection.threshold,
+            train_split,
+            candidate=selection.name,
+            rule=selection.rule,
+            rule_comparison=selection.rule_comparison,
         )
         version = str(info.registered_model_version)
         client = MlflowClient()
@@ -117,6 +122,7 @@ def pass_classifier(
                 "candidate": selection.name,
                 "candidate_set": config.candidate_set,
                 "threshold": float(selection.threshold),
+                "n_train": len(train_split) + len(validation_split),
                 "train_table_sha256": train_hash,
                 "trained_at": datetime.now(UTC).replace(tzinfo=None),
                 **{f"val_{k}": float(v) for k, v in selection.candidate_scores[selection.name].items()},

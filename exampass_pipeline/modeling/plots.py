@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from exampass_pipeline.modeling.metrics import _check_scores
@@ -43,13 +44,18 @@ def plot_roc(y_pass: Any, p_pass: Any, path: Path | str) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion(y_pass: Any, p_pass: Any, threshold: float, path: Path | str) -> Path:
-    """Confusion matrix at the model's own threshold, as a PNG, with counts in each cell."""
+def plot_confusion(y_pass: Any, p_pass: Any, threshold: float | np.ndarray, path: Path | str) -> Path:
+    """Confusion matrix of the served decision, as a PNG, with counts in each cell.
+
+    ``threshold`` is one cut-off or one per student (a decision rule's cut-offs for their groups).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    y, p = _check_scores(y_pass, p_pass, threshold)
-    matrix = confusion_matrix(y, p >= threshold, labels=[False, True])
+    cuts = np.asarray(threshold, dtype=float)
+    y, p = _check_scores(y_pass, p_pass, float(cuts) if cuts.ndim == 0 else None)
+    matrix = confusion_matrix(y, p >= cuts, labels=[False, True])
+    title = f"Confusion at threshold {float(cuts):.2f}" if cuts.ndim == 0 else "Confusion, cut-off per group"
     labels = ["fail", "pass"]
     fig = Figure(figsize=(4.5, 4))
     FigureCanvasAgg(fig)
@@ -61,5 +67,5 @@ def plot_confusion(y_pass: Any, p_pass: Any, threshold: float, path: Path | str)
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour, fontsize=14)
     ax.set_xticks([0, 1], labels=labels)
     ax.set_yticks([0, 1], labels=labels)
-    ax.set(xlabel="predicted", ylabel="actual", title=f"Confusion at threshold {threshold:.2f}")
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
     return _save(fig, path)
