@@ -98,21 +98,17 @@ def drift_report(
     )
     current = prediction_batches
     model = serving_model(current, mlflow_registry)
-    held_out = pd.concat([validation_split, test_split], ignore_index=True)
     reference = train_split[list(schema.FEATURES)].copy()
-    if model is not None:
-        reference_probs = model.pipeline.predict_proba(held_out[list(schema.FEATURES)])[:, 1]
-        reference["pass_probability"] = model.pipeline.predict_proba(reference[list(schema.FEATURES)])[:, 1]
-    else:
-        reference_probs = None
     data = drift.data_drift(
         train_split, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
     )
-    if reference_probs is None:
-        pred = None
-    else:
+    pred = None
+    if model is not None:
+        reference["pass_probability"] = model.pass_probability(reference)
+        # Held-out rows: the model's answers on students it never saw are what the day should look like.
+        held_out = pd.concat([validation_split, test_split], ignore_index=True)
         pred = drift.prediction_drift(
-            reference_probs,
+            model.pass_probability(held_out),
             current["pass_probability"].to_numpy(),
             alpha=thresholds.drift_alpha,
             min_rows=thresholds.drift_min_rows,

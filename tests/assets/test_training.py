@@ -68,7 +68,13 @@ def test_training_graph_registers_a_champion_then_gates_a_weaker_model(exampass_
         assert run.data.params["train_table_sha256"]
         assert any(k.startswith("val_roc_auc__") for k in run.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(champion.run_id, "evaluation")}
-        assert artifacts == {"evaluation/roc_curve.png", "evaluation/confusion_matrix.png"}
+        assert artifacts == {
+            "evaluation/roc_curve.png",
+            "evaluation/confusion_matrix.png",
+            "evaluation/fairness.json",
+        }
+        assert registry.MODEL_CARD_PATH in {a.path for a in client.list_artifacts(champion.run_id)}
+        assert "test_fail_recall_gap_lunch" in run.data.metrics
         evaluation = metadata(first, "model_evaluation")
         assert evaluation["decision"] == "promoted"
         assert Path(str(evaluation["roc_curve"])).stat().st_size > 1000
