@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from exampass_api.auth import FeedbackCaller
-from exampass_api.deps import PredLogDep
 from exampass_api.errors import ERRORS, UNAUTHORIZED
 from exampass_api.routing import ApiRoute
 from exampass_api.schemas import FeedbackIn, FeedbackOut
@@ -21,13 +20,13 @@ router = APIRouter(tags=["predictions"], route_class=ApiRoute)
     responses={**ERRORS, **UNAUTHORIZED},
     summary="Record a student's real math score",
 )
-async def feedback(body: FeedbackIn, client: FeedbackCaller, predlog: PredLogDep) -> FeedbackOut:
+async def feedback(body: FeedbackIn, caller: FeedbackCaller) -> FeedbackOut:
     """Appended to the feedback log with the key's name; monitoring joins it to its prediction.
 
     Needs a key with the `feedback` scope: these labels teach the next model, so every one must be
     attributable (unknown prediction ids are counted as orphans).
     """
-    predlog.log_feedback(str(body.prediction_id), body.math_score, client=client.name)
+    caller.service.predlog.log_feedback(str(body.prediction_id), body.math_score, client=caller.client.name)
     return FeedbackOut(
         status="recorded",
         prediction_id=body.prediction_id,

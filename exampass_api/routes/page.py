@@ -11,7 +11,6 @@ from fastapi import APIRouter, Request, Response
 
 from exampass_api import page
 from exampass_api.auth import PageCaller
-from exampass_api.deps import ServiceDep
 
 router = APIRouter(route_class=page.PageRoute, include_in_schema=False)
 
@@ -23,13 +22,13 @@ async def home(request: Request) -> Response:
 
 
 @router.post("/page/predict")
-async def predict_student(request: Request, client: PageCaller, service: ServiceDep) -> Response:
-    return await page.predict_student(request, client.name, service)
+async def predict_student(request: Request, caller: PageCaller) -> Response:
+    return await page.predict_student(request, caller.client.name, caller.service)
 
 
 @router.post("/page/roster")
-async def score_roster(request: Request, client: PageCaller, service: ServiceDep) -> Response:
-    return await page.score_roster(request, client.name, service)
+async def score_roster(request: Request, caller: PageCaller) -> Response:
+    return await page.score_roster(request, caller.client.name, caller.service)
 
 
 @router.post("/page/key")

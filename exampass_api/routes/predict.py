@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from exampass_api.auth import PredictCaller
-from exampass_api.deps import ServiceDep
 from exampass_api.errors import (
     CSV_ERRORS,
     ERRORS,
@@ -47,13 +46,12 @@ BATCH_BODY: Final[dict[str, Any]] = {
 )
 async def predict(
     student: StudentIn,
-    client: PredictCaller,
-    service: ServiceDep,
+    caller: PredictCaller,
 ) -> JSONBytes:
     """Pass probability, decision (the model's own threshold) and the features that moved it most."""
     # The model is captured after the body is validated, so a bad request is a 422 even with no champion.
-    bundle = service.bundle()
-    return JSONBytes(service.predict_one(bundle, student.__dict__, client.name))
+    bundle = caller.service.bundle()
+    return JSONBytes(caller.service.predict_one(bundle, student.__dict__, caller.client.name))
 
 
 @router.post(
@@ -63,9 +61,7 @@ async def predict(
     openapi_extra=BATCH_BODY,
     summary=f"Score up to {MAX_BATCH} students in one call",
 )
-async def predict_batch(
-    request: Request, client: PredictCaller, service: ServiceDep
-) -> JSONBytes | JSONResponse:
+async def predict_batch(request: Request, caller: PredictCaller) -> JSONBytes | JSONResponse:
     """Answers in the order sent; each student is logged as its own prediction."""
     try:
         raw = await read_limited(
@@ -76,11 +72,11 @@ async def predict_batch(
         return JSONResponse({"detail": str(exc)}, 413)
     except BodyErrors as exc:
         return invalid(exc.errors, request.url.path)
-    bundle = service.bundle()
-    return JSONBytes(await run_in_threadpool(service.predict_batch, bundle, batch, client.name))
+    bundle = caller.service.bundle()
+    return JSONBytes(await run_in_threadpool(caller.service.predict_batch, bundle, batch, caller.client.name))
 
 
-async def predict_csv(request: Request, client: PredictCaller, service: ServiceDep) -> Response:
+async def predict_csv(request: Request, caller: PredictCaller) -> Response:
     """A roster in, the same rows out with `pass_probability`, `predicted_pass`, `top_reasons` and `error`.
 
     Both header spellings work (the Kaggle file's, or snake_case), extra columns ride along, and a maths
@@ -95,8 +91,8 @@ async def predict_csv(request: Request, client: PredictCaller, service: ServiceD
         return JSONResponse({"detail": str(exc)}, 413)
     except RosterRejected as exc:
         return roster_refused(exc)
-    bundle = service.bundle()
-    return CsvBytes(await run_in_threadpool(scored_csv, service, bundle, roster, client.name))
+    bundle = caller.service.bundle()
+    return CsvBytes(await run_in_threadpool(scored_csv, caller.service, bundle, roster, caller.client.name))
 
 
 router.add_api_route(

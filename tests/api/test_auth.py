@@ -380,3 +380,28 @@ def test_prediction_lines_name_their_client(make_api: Callable[..., Api]) -> Non
     api = make_api()
     api.client.post("/predict", json=STUDENT)
     assert [json.loads(line)["client"] for line in prediction_lines(api.logs)] == ["public"]
+
+
+def test_the_in_memory_limiter_starts_no_thread_per_request(make_api: Callable[..., Api]) -> None:
+    """limits' MemoryStorage starts a timer thread every 10 ms under load; ours sweeps in line."""
+    import threading
+
+    api = make_api(EXAMPASS_RATE_LIMIT_PUBLIC="1000/minute")
+    api.client.post("/predict", json=STUDENT)
+    before = threading.active_count()
+    started = []
+    original = threading.Thread.start
+
+    def spy(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        original(thread)
+
+    threading.Thread.start = spy  # type: ignore[method-assign]
+    try:
+        for _ in range(30):
+            assert api.client.post("/predict", json=STUDENT).status_code == 200
+            time.sleep(0.012)  # longer than the library's 10 ms timer
+    finally:
+        threading.Thread.start = original  # type: ignore[method-assign]
+    assert not [name for name in started if "Thread" in name and "AnyIO" not in name], started
+    assert threading.active_count() <= before + 1
