@@ -23,35 +23,43 @@ from exampass_api.errors import (
 from exampass_api.responses import CSV_EXAMPLE_IN, CSV_EXAMPLE_OUT, CsvBytes, JSONBytes, read_limited
 from exampass_api.roster import MAX_ROSTER, MAX_ROSTER_BYTES, RosterRejected, parse_roster, scored_csv
 from exampass_api.routing import ApiRoute, CsvRoute
-from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, BatchOut, PredictionOut, StudentIn
-from exampass_api.service import BodyErrors, PayloadTooLarge, parse_batch
+from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, BatchOut, PredictionOut
+from exampass_api.service import BodyErrors, PayloadTooLarge, parse_batch, parse_student
 
 router = APIRouter(tags=["predictions"], route_class=ApiRoute)
 
-# /predict/batch reads its body itself (to count students before validating them), so its request schema is
-# declared here and added to the OpenAPI components by create_app.
-BATCH_BODY: Final[dict[str, Any]] = {
-    "requestBody": {
-        "required": True,
-        "content": {JSON: {"schema": {"$ref": "#/components/schemas/BatchIn"}}},
+
+def _json_body(schema_name: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}},
+        }
     }
-}
+
+
+# /predict and /predict/batch read their bodies themselves (one parse of the bytes; a batch is counted before
+# it is validated), so their request schemas are declared here; create_app adds them to the components.
+STUDENT_BODY: Final = _json_body("StudentIn")
+BATCH_BODY: Final = _json_body("BatchIn")
 
 
 @router.post(
     "/predict",
     response_model=PredictionOut,
     responses={**ERRORS, **UNAUTHORIZED, **NO_MODEL},
+    openapi_extra=STUDENT_BODY,
     summary="Score one student",
 )
-async def predict(
-    student: StudentIn,
-    caller: PredictCaller,
-) -> JSONBytes:
+async def predict(request: Request, caller: PredictCaller) -> JSONBytes | JSONResponse:
     """Pass probability, decision (the model's own threshold) and the features that moved it most."""
+    try:
+        student = parse_student(await request.body())
+    except BodyErrors as exc:
+        return invalid(exc.errors, request.url.path)
     # The model is captured after the body is validated, so a bad request is a 422 even with no champion.
     bundle = caller.service.bundle()
-    return JSONBytes(caller.service.predict_one(bundle, student.__dict__, caller.client.name))
+    return JSONBytes(caller.service.predict_one(bundle, student, caller.client.name))
 
 
 @router.post(
