@@ -20,7 +20,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
@@ -30,7 +29,7 @@ from exampass_api.keystore import KeyRing
 from exampass_api.model_store import ModelStore
 from exampass_api.page import STATIC_DIR
 from exampass_api.routes import feedback, ops, page, predict
-from exampass_api.routing import ApiRoute
+from exampass_api.routing import ApiRoute, api_routes
 from exampass_api.schemas import BatchIn
 from exampass_api.service import PredictionService
 from exampass_pipeline import schema
@@ -105,10 +104,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             schemas.setdefault(name, definition)
         schemas["BatchIn"] = batch
         components["securitySchemes"] = {"HTTPBearer": BEARER_SCHEME}
-        for route in app.routes:
-            if isinstance(route, APIRoute) and any(
-                isinstance(d.call, Guard) for d in route.dependant.dependencies
-            ):
+        for route in api_routes(app.routes):
+            if any(isinstance(d.call, Guard) for d in route.dependant.dependencies):
                 for method in route.methods or ():
                     operation = doc["paths"].get(route.path_format, {}).get(method.lower())
                     if operation is not None:

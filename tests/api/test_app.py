@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from exampass_api.app import create_app
 from exampass_api.keystore import create_key
 from exampass_api.model_store import NO_CHAMPION
+from exampass_api.routing import ApiRoute, api_routes
 from exampass_api.schemas import MAX_BATCH
 from exampass_pipeline import predlog, registry, schema
 
@@ -117,6 +118,18 @@ def test_explanation_is_the_linear_models_own_decomposition(
     assert delta == pytest.approx(coef * 50 / scaler.scale_[1], abs=1e-9)
     for name in set(by_feature[0]) & set(by_feature[1]) - {"writing_score"}:
         assert by_feature[0][name] == pytest.approx(by_feature[1][name], abs=1e-12)
+
+
+def test_routes_that_read_their_own_body_skip_fastapis_handler(client: TestClient) -> None:
+    """The hot routes take only (request, caller): ApiRoute calls them directly after the guard."""
+    direct = {
+        (route.path, method)
+        for route in api_routes(client.app.routes)  # type: ignore[attr-defined]
+        if isinstance(route, ApiRoute) and route._direct_call() is not None
+        for method in route.methods
+    }
+    assert {("/predict", "POST"), ("/predict/batch", "POST"), ("/predict/csv", "POST")} <= direct
+    assert ("/feedback", "POST") not in direct  # a body parameter: FastAPI validates it
 
 
 def test_whole_number_floats_are_scores(client: TestClient) -> None:

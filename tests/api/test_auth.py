@@ -251,6 +251,15 @@ def test_openapi_documents_the_bearer_scheme(make_api: Callable[..., Api]) -> No
     spec = make_api().client.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert {"401", "403", "429"} <= set(spec["paths"]["/feedback"]["post"]["responses"])
+    guarded = [
+        ("/feedback", "post"),
+        ("/predict", "post"),
+        ("/predict/batch", "post"),
+        ("/predict/csv", "post"),
+    ]
+    for path, method in guarded:
+        assert spec["paths"][path][method].get("security") == [{"HTTPBearer": []}], path
+    assert "security" not in spec["paths"]["/health"]["get"]
 
 
 _HEADERS = strategies.one_of(

@@ -14,7 +14,13 @@ from pydantic import ValidationError
 
 from exampass_api.schemas import StudentIn
 from exampass_api.scorer import encode
-from exampass_api.service import encode_plain, new_prediction_id, new_prediction_ids
+from exampass_api.service import (
+    BodyErrors,
+    encode_plain,
+    new_prediction_id,
+    new_prediction_ids,
+    parse_student,
+)
 from exampass_pipeline import predlog, schema
 
 ODD_VALUES: list[Any] = [
@@ -106,3 +112,26 @@ def test_log_writer_still_refuses_nan(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         appender.append({"pass_probability": float("nan")}, datetime.now(UTC))
     assert not any(p.read_bytes() for p in tmp_path.glob("*.jsonl"))
+
+
+def test_student_body_parser_agrees_with_pydantic_on_the_decoded_json() -> None:
+    """/predict parses the bytes in one pass; the answer must be what validating the decoded JSON gives."""
+    rng = random.Random(11)
+    refused = 0
+    for _ in range(2000):
+        row = _random_row(rng)
+        raw = json.dumps(
+            row
+        ).encode()  # NaN and Infinity become JSON's non-standard tokens, as clients send them
+        try:
+            expected: dict[str, Any] | None = StudentIn.model_validate(row).__dict__
+        except ValidationError as exc:
+            expected, fields = None, {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        if expected is not None:
+            assert parse_student(raw) == expected, row
+            continue
+        refused += 1
+        with pytest.raises(BodyErrors) as caught:
+            parse_student(raw)
+        assert {str(e["loc"][1]) for e in caught.value.errors if len(e["loc"]) > 1} == fields, row
+    assert 500 < refused < 1900  # both paths exercised
