@@ -23,6 +23,9 @@ MAX_BATCH: Final = 1000
 # A student object is under 250 bytes even pretty-printed; 2 kB each leaves room for any formatting while
 # letting a 100 MB upload be refused from its Content-Length alone.
 MAX_BATCH_BYTES: Final = MAX_BATCH * 2048
+# One student on /predict: far above any real request (a 100 kB bad value still gets its 422 naming the field),
+# far below what an anonymous caller could use to exhaust memory.
+MAX_STUDENT_BYTES: Final = 1024 * 1024
 EXPLANATION_TOP_K: Final = 5
 
 EXAMPLE_STUDENT: Final[dict[str, Any]] = {

@@ -23,7 +23,7 @@ from exampass_api.errors import (
 from exampass_api.responses import CSV_EXAMPLE_IN, CSV_EXAMPLE_OUT, CsvBytes, JSONBytes, read_limited
 from exampass_api.roster import MAX_ROSTER, MAX_ROSTER_BYTES, RosterRejected, parse_roster, scored_csv
 from exampass_api.routing import ApiRoute, CsvRoute
-from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, BatchOut, PredictionOut
+from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, MAX_STUDENT_BYTES, BatchOut, PredictionOut
 from exampass_api.service import BodyErrors, PayloadTooLarge, parse_batch, parse_student
 
 router = APIRouter(tags=["predictions"], route_class=ApiRoute)
@@ -47,14 +47,16 @@ BATCH_BODY: Final = _json_body("BatchIn")
 @router.post(
     "/predict",
     response_model=PredictionOut,
-    responses={**ERRORS, **UNAUTHORIZED, **NO_MODEL},
+    responses={**ERRORS, **UNAUTHORIZED, **TOO_LARGE, **NO_MODEL},
     openapi_extra=STUDENT_BODY,
     summary="Score one student",
 )
 async def predict(request: Request, caller: PredictCaller) -> JSONBytes | JSONResponse:
     """Pass probability, decision (the model's own threshold) and the features that moved it most."""
     try:
-        student = parse_student(await request.body())
+        student = parse_student(await read_limited(request, MAX_STUDENT_BYTES, "/predict (one student)"))
+    except PayloadTooLarge as exc:
+        return JSONResponse({"detail": str(exc)}, 413)
     except BodyErrors as exc:
         return invalid(exc.errors, request.url.path)
     # The model is captured after the body is validated, so a bad request is a 422 even with no champion.

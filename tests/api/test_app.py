@@ -20,7 +20,7 @@ from exampass_api.app import create_app
 from exampass_api.keystore import create_key
 from exampass_api.model_store import NO_CHAMPION
 from exampass_api.routing import ApiRoute, api_routes
-from exampass_api.schemas import MAX_BATCH
+from exampass_api.schemas import MAX_BATCH, MAX_STUDENT_BYTES
 from exampass_pipeline import predlog, registry, schema
 
 FEATURES = list(schema.FEATURES)
@@ -39,10 +39,19 @@ STUDENT: dict[str, Any] = {
 def served(
     api_registry: Registry, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[TestClient, Path, str]]:
-    """The app on the session registry, with its own logs dir and key store, so lines belong to this module."""
+    """The app on the session registry, with its own logs dir and key store, so lines belong to this module.
+
+    The anonymous limit is raised: this module sends a few hundred requests from one address to test what a
+    prediction answers, and test_auth.py tests the limits themselves.
+    """
     logs = tmp_path_factory.mktemp("testclient-logs")
     keys = logs.parent / "api_keys.json"
-    with use_home(api_registry.settings.home, EXAMPASS_LOGS=str(logs), EXAMPASS_API_KEYS_FILE=str(keys)) as s:
+    env = {
+        "EXAMPASS_LOGS": str(logs),
+        "EXAMPASS_API_KEYS_FILE": str(keys),
+        "EXAMPASS_RATE_LIMIT_PUBLIC": "100000/minute",
+    }
+    with use_home(api_registry.settings.home, **env) as s:
         token = create_key(keys, "grades-export", ["feedback"])
         with TestClient(create_app(s)) as client:
             yield client, logs, token
@@ -276,6 +285,18 @@ def test_batch_answers_in_order_and_logs_each_student(
     assert [r["prediction_id"] for r in new[: len(batch)]] == [p["prediction_id"] for p in predictions]
     assert [r["inputs"] for r in new[: len(batch)]] == batch
     assert len({p["prediction_id"] for p in predictions}) == len(batch)
+
+
+def test_one_student_body_over_a_megabyte_is_413_and_nothing_logged(client: TestClient, lines: Any) -> None:
+    before = len(lines())
+    blob = client.post("/predict", json={**STUDENT, "padding": "x" * (MAX_STUDENT_BYTES + 1)})
+    assert blob.status_code == 413
+    assert str(MAX_STUDENT_BYTES) in blob.json()["detail"] and "/predict" in blob.json()["detail"]
+    # Streamed without a Content-Length, it is cut off while reading.
+    chunks = iter([json.dumps(STUDENT).encode()[:-1], b', "padding": "', b"x" * MAX_STUDENT_BYTES, b'"}'])
+    streamed = client.post("/predict", content=chunks, headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert len(lines()) == before
 
 
 def test_batch_over_the_limit_is_413_with_the_limit_and_nothing_logged(
