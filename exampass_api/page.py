@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import Message
@@ -328,7 +327,7 @@ async def predict_student(request: Request, client: str, service: PredictionServ
     if bundle is None:
         view.notice = Notice("student", "No model is being served yet", store.unavailable_reason, 503)
         return render(request, view, 503)
-    scored = await run_in_threadpool(service.score, bundle, [record], client)
+    scored = await service.cpu.run(service.score, bundle, [record], client)
     view.footer, view.answer = footer(bundle), answer(record, scored)
     return render(request, view)
 
@@ -342,7 +341,7 @@ async def score_roster(request: Request, client: str, service: PredictionService
         return render(request, view, upload.status)
     raw, filename = upload
     try:
-        roster = await run_in_threadpool(parse_roster, raw)
+        roster = await service.cpu.run(parse_roster, raw)
     except RosterRejected as exc:
         view.notice = Notice("roster", f"{filename} was not scored", f"{exc.part}: {exc.reason}", exc.status)
         return render(request, view, exc.status)
@@ -352,7 +351,7 @@ async def score_roster(request: Request, client: str, service: PredictionService
         view.notice = Notice("roster", "No model is being served yet", store.unavailable_reason, 503)
         return render(request, view, 503)
     view.footer = footer(bundle)
-    view.roster = await run_in_threadpool(_scored_roster, service, bundle, roster, client, filename)
+    view.roster = await service.cpu.run(_scored_roster, service, bundle, roster, client, filename)
     return render(request, view)
 
 

@@ -6,7 +6,6 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from exampass_api.auth import PredictCaller
 from exampass_api.errors import (
@@ -77,13 +76,15 @@ async def predict_batch(request: Request, caller: PredictCaller) -> JSONBytes | 
         raw = await read_limited(
             request, MAX_BATCH_BYTES, f"/predict/batch (at most {MAX_BATCH} students per request)"
         )
-        batch = await run_in_threadpool(parse_batch, raw)
+        batch = await caller.service.cpu.run(parse_batch, raw)
     except PayloadTooLarge as exc:
         return JSONResponse({"detail": str(exc)}, 413)
     except BodyErrors as exc:
         return invalid(exc.errors, request.url.path)
     bundle = caller.service.bundle()
-    return JSONBytes(await run_in_threadpool(caller.service.predict_batch, bundle, batch, caller.client.name))
+    return JSONBytes(
+        await caller.service.cpu.run(caller.service.predict_batch, bundle, batch, caller.client.name)
+    )
 
 
 async def predict_csv(request: Request, caller: PredictCaller) -> Response:
@@ -96,13 +97,15 @@ async def predict_csv(request: Request, caller: PredictCaller) -> Response:
     """
     try:
         raw = await read_limited(request, MAX_ROSTER_BYTES, f"/predict/csv (at most {MAX_ROSTER:,} rows)")
-        roster = await run_in_threadpool(parse_roster, raw)
+        roster = await caller.service.cpu.run(parse_roster, raw)
     except PayloadTooLarge as exc:
         return JSONResponse({"detail": str(exc)}, 413)
     except RosterRejected as exc:
         return roster_refused(exc)
     bundle = caller.service.bundle()
-    return CsvBytes(await run_in_threadpool(scored_csv, caller.service, bundle, roster, caller.client.name))
+    return CsvBytes(
+        await caller.service.cpu.run(scored_csv, caller.service, bundle, roster, caller.client.name)
+    )
 
 
 router.add_api_route(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +19,7 @@ from exampass_api.schemas import StudentIn
 from exampass_api.scorer import encode
 from exampass_api.service import (
     BodyErrors,
+    CpuGate,
     encode_plain,
     new_prediction_id,
     new_prediction_ids,
@@ -135,3 +139,42 @@ def test_student_body_parser_agrees_with_pydantic_on_the_decoded_json() -> None:
             parse_student(raw)
         assert {str(e["loc"][1]) for e in caught.value.errors if len(e["loc"]) > 1} == fields, row
     assert 500 < refused < 1900  # both paths exercised
+
+
+def test_cpu_gate_runs_one_piece_of_work_at_a_time_off_the_event_loop() -> None:
+    gate = CpuGate()
+    running, most = 0, 0
+    lock = threading.Lock()
+    loop_thread = threading.get_ident()
+
+    def work(i: int) -> tuple[int, int]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return i, threading.get_ident()
+
+    async def main() -> list[tuple[int, int]]:
+        return await asyncio.gather(*(gate.run(work, i) for i in range(8)))
+
+    results = asyncio.run(main())
+    assert [i for i, _ in results] == list(range(8))
+    assert most == 1
+    assert all(thread != loop_thread for _, thread in results)
+
+
+def test_cpu_gate_passes_errors_through_and_frees_its_slot() -> None:
+    gate = CpuGate()
+
+    def fail() -> None:
+        raise BodyErrors([{"type": "missing", "loc": ("body",), "msg": "empty body"}])
+
+    async def main() -> int:
+        with pytest.raises(BodyErrors):
+            await gate.run(fail)
+        return await asyncio.wait_for(gate.run(lambda: 7), timeout=5)
+
+    assert asyncio.run(main()) == 7
