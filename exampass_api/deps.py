@@ -10,22 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
-from exampass_api.model_store import Bundle, ModelStore
-
-
-async def get_store(request: Request) -> ModelStore:
-    store: ModelStore = request.app.state.store
-    return store
+from exampass_api.model_store import Bundle
+from exampass_api.service import PredictionService
 
 
-async def get_bundle(store: Annotated[ModelStore, Depends(get_store)]) -> Bundle:
+async def get_bundle(request: Request) -> Bundle:
     """The model this request is answered with; 503 (with the reason) while no champion is loaded."""
-    bundle = store.bundle
-    if bundle is None:
-        raise HTTPException(503, store.unavailable_reason)
-    return bundle
+    service: PredictionService = request.app.state.service
+    return service.bundle()
 
 
 Served = Annotated[Bundle, Depends(get_bundle)]

@@ -11,12 +11,23 @@ import os
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Final
 
 import pytest
 
 from exampass_pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The student the page tests (TestClient and Chromium) enter: near the pass line, so the answer has reasons.
+PAGE_STUDENT: Final[dict[str, Any]] = {
+    "gender": "male",
+    "race_ethnicity": "group C",
+    "parental_level_of_education": "high school",
+    "lunch": "free/reduced",
+    "test_preparation_course": "none",
+    "reading_score": 55,
+    "writing_score": 50,
+}
 INSTALL_HINT = "run `bash .ci/system-deps.sh` as root to install it"
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import mlflow
 import pandas as pd
+from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from support import REPO_ROOT, STATE_VARS
 
@@ -59,6 +60,15 @@ def clone_home(source: Path, parent: Path) -> Path:
     (home / "mlflow").mkdir(parents=True)
     shutil.copy(source / "mlflow" / "mlflow.db", home / "mlflow" / "mlflow.db")
     return home
+
+
+@dataclass(frozen=True)
+class OpenApp:
+    """One app on the session registry: its client, its own prediction logs and its own key store."""
+
+    client: TestClient
+    logs: Path
+    keys: Path
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ Training and registering are the slow parts, so they happen once per session; he
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,17 @@ import pytest
 from api_support import (
     ALL_CANDIDATES,
     CHAMPION_THRESHOLD,
+    OpenApp,
     Registry,
     make_empty_registry,
     new_home,
     register,
     use_home,
 )
+from fastapi.testclient import TestClient
 from threadpoolctl import threadpool_limits
 
+from exampass_api.app import create_app
 from exampass_pipeline import modeling, schema
 
 
@@ -72,3 +77,21 @@ def api_registry(
             if name != "logistic_regression":
                 versions[name] = register(settings, fitted[name], students, candidate=name, promote=False)
     return Registry(settings, versions, versions["logistic_regression"], CHAMPION_THRESHOLD)
+
+
+@pytest.fixture
+def open_app(api_registry: Registry, tmp_path: Path) -> Iterator[Callable[..., OpenApp]]:
+    """Open apps with extra settings per call (e.g. EXAMPASS_PUBLIC_PREDICT=false); all closed after the test."""
+    with contextlib.ExitStack() as stack:
+        count = 0
+
+        def make(base_url: str = "http://testserver", **extra: str) -> OpenApp:
+            nonlocal count
+            logs, keys = tmp_path / f"logs{count}", tmp_path / f"keys{count}" / "api_keys.json"
+            count += 1
+            env = {"EXAMPASS_LOGS": str(logs), "EXAMPASS_API_KEYS_FILE": str(keys), **extra}
+            settings = stack.enter_context(use_home(api_registry.settings.home, **env))
+            client = stack.enter_context(TestClient(create_app(settings), base_url=base_url))
+            return OpenApp(client, logs, keys)
+
+        yield make

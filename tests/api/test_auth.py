@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import Registry, prediction_lines, use_home
+from api_support import OpenApp, Registry, prediction_lines, use_home
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies
 
@@ -58,25 +58,14 @@ class Api:
 
 
 @pytest.fixture
-def make_api(api_registry: Registry, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+def make_api(open_app: Callable[..., OpenApp]) -> Callable[..., Api]:
     """Start the app with extra settings (e.g. EXAMPASS_PUBLIC_PREDICT=false); closed after the test."""
-    opened: list[Any] = []
 
     def make(**extra: str) -> Api:
-        keys, logs = tmp_path / "keys" / "api_keys.json", tmp_path / "logs"
-        home = use_home(
-            api_registry.settings.home, EXAMPASS_LOGS=str(logs), EXAMPASS_API_KEYS_FILE=str(keys), **extra
-        )
-        settings_ = home.__enter__()
-        opened.append(home)
-        client = TestClient(create_app(settings_))
-        client.__enter__()
-        opened.append(client)
-        return Api(client, keys, logs)
+        app = open_app(**extra)
+        return Api(app.client, app.keys, app.logs)
 
-    yield make
-    for item in reversed(opened):
-        item.__exit__(None, None, None)
+    return make
 
 
 def test_feedback_needs_a_key_with_the_feedback_scope(make_api: Callable[..., Api]) -> None:

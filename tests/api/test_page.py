@@ -14,15 +14,16 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import CHAMPION_THRESHOLD, Registry, new_home, prediction_lines, use_home
+from api_support import CHAMPION_THRESHOLD, OpenApp, new_home, prediction_lines, use_home
 from fastapi.testclient import TestClient
 from markupsafe import escape
+from support import PAGE_STUDENT
 
 from exampass_api import reasons
 from exampass_api.app import create_app
@@ -31,15 +32,7 @@ from exampass_api.keystore import create_key, revoke_key
 from exampass_api.roster import MAX_ROSTER
 from exampass_pipeline import schema
 
-STUDENT: dict[str, Any] = {
-    "gender": "male",
-    "race_ethnicity": "group C",
-    "parental_level_of_education": "high school",
-    "lunch": "free/reduced",
-    "test_preparation_course": "none",
-    "reading_score": 55,
-    "writing_score": 50,
-}
+STUDENT = PAGE_STUDENT
 LABELS = reasons.LABELS
 
 
@@ -58,23 +51,12 @@ class Page:
 
 
 @pytest.fixture
-def make_page(api_registry: Registry, tmp_path: Path) -> Iterator[Callable[..., Page]]:
-    opened: list[Any] = []
-
+def make_page(open_app: Callable[..., OpenApp]) -> Callable[..., Page]:
     def make(base_url: str = "http://testserver", **extra: str) -> Page:
-        logs, keys = tmp_path / f"logs{len(opened)}", tmp_path / f"keys{len(opened)}.json"
-        home = use_home(
-            api_registry.settings.home, EXAMPASS_LOGS=str(logs), EXAMPASS_API_KEYS_FILE=str(keys), **extra
-        )
-        client = TestClient(create_app(home.__enter__()), base_url=base_url)
-        opened.append(home)
-        client.__enter__()
-        opened.append(client)
-        return Page(client, logs, keys)
+        app = open_app(base_url, **extra)
+        return Page(app.client, app.logs, app.keys)
 
-    yield make
-    for item in reversed(opened):
-        item.__exit__(None, None, None)
+    return make
 
 
 @pytest.fixture

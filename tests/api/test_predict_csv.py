@@ -10,16 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import Registry, prediction_lines, use_home
+from api_support import OpenApp, prediction_lines
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies
 
-from exampass_api.app import create_app
 from exampass_api.keystore import create_key
 from exampass_api.roster import MAX_ROSTER, RESULT_COLUMNS
 from exampass_pipeline import schema
@@ -42,24 +41,14 @@ class Api:
 
 
 @pytest.fixture
-def make_api(api_registry: Registry, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+def make_api(open_app: Callable[..., OpenApp]) -> Callable[..., Api]:
     """The app on the session registry with its own logs and key store; extra settings per test."""
-    opened: list[Any] = []
 
     def make(**extra: str) -> Api:
-        logs, keys = tmp_path / f"logs{len(opened)}", tmp_path / f"keys{len(opened)}.json"
-        home = use_home(
-            api_registry.settings.home, EXAMPASS_LOGS=str(logs), EXAMPASS_API_KEYS_FILE=str(keys), **extra
-        )
-        client = TestClient(create_app(home.__enter__()))
-        opened.append(home)
-        client.__enter__()
-        opened.append(client)
-        return Api(client, logs, keys)
+        app = open_app(**extra)
+        return Api(app.client, app.logs, app.keys)
 
-    yield make
-    for item in reversed(opened):
-        item.__exit__(None, None, None)
+    return make
 
 
 @pytest.fixture

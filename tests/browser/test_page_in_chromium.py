@@ -20,19 +20,12 @@ from urllib.parse import urlparse
 import httpx
 import pandas as pd
 import pytest
+from support import PAGE_STUDENT
 
 from exampass_pipeline import schema
 
 LOOPBACK = {"127.0.0.1", "localhost"}
-STUDENT: dict[str, Any] = {
-    "gender": "male",
-    "race_ethnicity": "group C",
-    "parental_level_of_education": "high school",
-    "lunch": "free/reduced",
-    "test_preparation_course": "none",
-    "reading_score": 55,
-    "writing_score": 50,
-}
+STUDENT = PAGE_STUDENT
 LABELS = {
     "gender": "Gender",
     "race_ethnicity": "Race/ethnicity",
