@@ -8,6 +8,8 @@
 #                             check, the one-shots, and the first champion (the API's /ready)
 #   deploy/stack.sh down [--volumes]   stop and remove the containers; the volumes stay unless --volumes
 #   deploy/stack.sh status    the services and their health
+#   deploy/stack.sh wait      wait for every health check and the API's /ready (e.g. after `compose restart`)
+#   deploy/stack.sh compose ARGS...   docker compose / docker-compose on this project and env file
 #   deploy/stack.sh backup [ARCHIVE]   a consistent backup of every piece of state (see below)
 #   deploy/stack.sh restore ARCHIVE [--force]   that backup into a stack with no state, then `up`
 #
@@ -83,7 +85,7 @@ random_secret() {
 
 ensure_env_file() {
     if [ -f "$ENV_FILE" ]; then
-        grep -q 'change-me' "$ENV_FILE" \
+        grep -Eq '^[A-Z0-9_]+=.*change-me' "$ENV_FILE" \
             && die "$ENV_FILE still holds a change-me placeholder: put a real secret there (or delete the file to have one generated)"
         return 0
     fi
@@ -304,6 +306,13 @@ volume_name() { printf '%s_%s' "$(project_name)" "$1"; }
 
 pg_env() { compose exec -T postgres sh -c "$1"; }
 
+WORKDIR=""
+make_workdir() {
+    # Under /var/tmp (disk, not a RAM /tmp): the copy can be as large as the volumes. Removed on any exit.
+    WORKDIR="$(mktemp -d "${TMPDIR:-/var/tmp}/exampass-stack.XXXXXX")"
+    trap 'rm -rf "$WORKDIR"' EXIT
+}
+
 backup_volumes_tar() {
     # Every named volume, read-only, as one tar on stdout (ownership and modes kept; run as root to read 0700).
     local args=() v
@@ -317,42 +326,41 @@ cmd_backup() {
     ensure_engine
     find_compose
     [ -f "$ENV_FILE" ] || die "no $ENV_FILE: is this the stack you mean (EXAMPASS_ENV_FILE, COMPOSE_PROJECT_NAME)?"
-    local stamp archive work started=$SECONDS
+    local stamp archive started=$SECONDS
     stamp="$(date -u +%Y%m%dT%H%M%SZ)"
     archive="${1:-$REPO/backups/exampass-$(project_name)-$stamp.tar.gz}"
     [ -n "$(compose ps -q postgres)" ] || die "project $(project_name) has no postgres container: nothing to back up"
     mkdir -p "$(dirname "$archive")"
-    work="$(mktemp -d)"
-    trap 'rm -rf "$work"' RETURN
+    make_workdir
+    local work="$WORKDIR"
     mkdir -p "$work/exampass-backup/postgres"
 
     # Consistency: nothing may write while the copy is taken. The daemon (schedules, sensor, run queue) stops
     # first, so no new run starts; a run already executing is waited for; then the code location stops (runs
-    # execute there, and it holds the DuckDB file) and the API is frozen (docker pause: its requests wait,
-    # none fail) while its logs and keys are copied. MLflow and Postgres stay up: nothing else writes them, and
-    # pg_dump reads one snapshot anyway.
+    # execute there, and only runs write the DuckDB file, the reports and the run logs). pg_dump reads each
+    # database in one snapshot. The API, which appends prediction logs and records key use, is frozen (docker
+    # pause: its requests wait, none fail) only for the second it takes to copy the volumes. MLflow stays up:
+    # with no run going nothing writes it (its user store changes only when `mlflow-users` runs, at `up`).
     say "backup of project $(project_name): stopping dagster-daemon (no new runs)"
     compose stop dagster-daemon >/dev/null 2>&1
     wait_no_running_runs
-    say "stopping dagster-code, pausing api"
+    say "stopping dagster-code (runs execute there)"
     compose stop dagster-code >/dev/null 2>&1
-    local api_id
+    local api_id failed=0 paused_at
     api_id="$(compose ps -q api)"
-    [ -z "$api_id" ] || docker pause "$api_id" >/dev/null
-    resume() {
-        [ -z "$api_id" ] || docker unpause "$api_id" >/dev/null 2>&1 || true
-        compose start dagster-code dagster-daemon >/dev/null 2>&1 || true
-    }
-    local failed=0
     {
         say "pg_dump dagster and mlflow"
         pg_env 'pg_dump -U "$POSTGRES_USER" -Fc "$POSTGRES_DB"' >"$work/exampass-backup/postgres/dagster.dump" \
             && pg_env 'pg_dump -U "$POSTGRES_USER" -Fc "$MLFLOW_POSTGRES_DB"' >"$work/exampass-backup/postgres/mlflow.dump" \
-            && say "copying the volumes: ${VOLUMES[*]}" \
+            && say "pausing api; copying the volumes: ${VOLUMES[*]}" \
+            && paused_at=$SECONDS \
+            && { [ -z "$api_id" ] || docker pause "$api_id" >/dev/null; } \
             && backup_volumes_tar >"$work/exampass-backup/volumes.tar"
     } || failed=1
-    resume
-    [ "$failed" = 0 ] || die "backup failed; the stack was resumed"
+    [ -z "$api_id" ] || docker unpause "$api_id" >/dev/null 2>&1 || true
+    [ -z "${paused_at:-}" ] || say "api resumed after $(elapsed "$paused_at") paused; starting dagster-code and dagster-daemon"
+    compose start dagster-code dagster-daemon >/dev/null 2>&1 || failed=1
+    [ "$failed" = 0 ] || die "backup failed (the stack was resumed; check it with deploy/stack.sh status)"
 
     cp "$ENV_FILE" "$work/exampass-backup/env"
     {
@@ -396,8 +404,8 @@ cmd_restore() {
     ensure_engine
     find_compose
     local work started=$SECONDS
-    work="$(mktemp -d)"
-    trap 'rm -rf "$work"' RETURN
+    make_workdir
+    work="$WORKDIR"
     say "unpacking $archive"
     tar -C "$work" -xzf "$archive"
     local b="$work/exampass-backup"
@@ -431,7 +439,12 @@ cmd_restore() {
     ensure_base_images
     build_image
     say "creating the volumes and filling them from the backup"
-    compose up --no-start --no-build >/dev/null 2>&1 || compose create >/dev/null
+    # Created here with Compose's labels (so Compose adopts them as its own), not by `up --no-start`, which
+    # in docker-compose 1.29 waits for the one-shots a service depends on, and they cannot run yet.
+    for v in "${VOLUMES[@]}"; do
+        docker volume create --label "com.docker.compose.project=$(project_name)" \
+            --label "com.docker.compose.volume=$v" "$(volume_name "$v")" >/dev/null
+    done
     local args=()
     for v in "${VOLUMES[@]}"; do args+=(-v "$(volume_name "$v"):/restore/$v"); done
     docker run --rm -i --user 0 --entrypoint tar "${args[@]}" "$(image_ref)" -C /restore -xpf - <"$b/volumes.tar"
@@ -458,8 +471,10 @@ main() {
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         backup) cmd_backup "$@" ;;
+        wait) ensure_engine; find_compose; wait_healthy "$SECONDS"; wait_ready "$SECONDS" ;;
+        compose) ensure_engine; find_compose; compose "$@" ;;
         restore) cmd_restore "$@" ;;
-        *) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || exit 2 ;;
+        *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || exit 2 ;;
     esac
 }
 
