@@ -29,6 +29,8 @@ BASE_IMAGES=(python postgres)
 say() { printf '[stack %s] %s\n' "$(date -u +%T)" "$*"; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 elapsed() { printf '%d s' "$((SECONDS - ${1:-0}))"; }
+# What the waits count from, for their messages.
+SINCE="stack-up began"
 
 # ------------------------------------------------------------------------------------------------- engine
 ensure_engine() {
@@ -227,7 +229,7 @@ wait_healthy() {
             [[ " $seen " == *" $svc "* ]] || { ok=0; summary+="$svc:missing "; }
         done
         if [ "$ok" = 1 ]; then
-            say "every service is healthy and every one-shot done, $(elapsed "$started") after stack-up began"
+            say "every service is healthy and every one-shot done, $(elapsed "$started") after $SINCE"
             return 0
         fi
         if [ "$summary" != "$last" ]; then
@@ -245,7 +247,7 @@ wait_ready() {
     while :; do
         code="$(http_status "http://127.0.0.1:$port/ready")"
         if [ "$code" = 200 ]; then
-            say "the API is ready (champion loaded) at http://127.0.0.1:$port, $(elapsed "$started") after stack-up began"
+            say "the API is ready (champion loaded) at http://127.0.0.1:$port, $(elapsed "$started") after $SINCE"
             return 0
         fi
         [ "$SECONDS" -lt "$deadline" ] || die "the API at 127.0.0.1:$port did not become ready (last /ready: $code)"
@@ -471,11 +473,14 @@ main() {
         down) cmd_down "$@" ;;
         status) cmd_status ;;
         backup) cmd_backup "$@" ;;
-        wait) ensure_engine; find_compose; wait_healthy "$SECONDS"; wait_ready "$SECONDS" ;;
+        wait)
+            ensure_engine; find_compose; SINCE="the wait began"
+            local started=$SECONDS; wait_healthy "$started"; wait_ready "$started" ;;
         compose) ensure_engine; find_compose; compose "$@" ;;
         restore) cmd_restore "$@" ;;
         *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; [ -z "$cmd" ] || [ "$cmd" = help ] || exit 2 ;;
     esac
 }
 
-main "$@"
+# On one line with main: bash reads a script as it runs, so an edit made meanwhile cannot run half a line.
+main "$@"; exit

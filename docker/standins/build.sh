@@ -201,4 +201,4 @@ main() {
     say "done in $((SECONDS - started)) s"
 }
 
-main "$@"
+main "$@"; exit

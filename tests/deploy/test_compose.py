@@ -700,7 +700,7 @@ def test_dockerfile_installs_exactly_the_lock(
         assert extra in pyproject["project"]["optional-dependencies"], extra
 
     # The same command, on a copy of what the Dockerfile copied before it, against the real uv.lock.
-    for name in ("pyproject.toml", "uv.lock", "README.md"):
+    for name in ("pyproject.toml", "uv.lock"):
         (tmp_path / name).write_bytes((repo / name).read_bytes())
     uv = Path(sys.executable).with_name("uv")
     done = subprocess.run(
