@@ -177,7 +177,8 @@ build_image() {
 }
 
 # -------------------------------------------------------------------------------------------------- state
-containers() { compose ps -q 2>/dev/null; }
+# -a: Compose v2 lists only running containers without it, and the one-shots have exited by design.
+containers() { compose ps -a -q 2>/dev/null; }
 
 # One line per container: service status health restart-policy exit-code.
 service_states() {
@@ -185,8 +186,8 @@ service_states() {
     ids="$(containers)"
     [ -n "$ids" ] || return 0
     # shellcheck disable=SC2086 # one argument per container id
-    docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.HostConfig.RestartPolicy.Name}} {{.State.ExitCode}}' $ids \
-        | sort
+    docker inspect -f '{{index .Config.Labels "com.docker.compose.oneoff"}} {{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.HostConfig.RestartPolicy.Name}} {{.State.ExitCode}}' $ids \
+        | awk 'tolower($1) != "true" {print $2, $3, $4, $5, $6}' | sort
 }
 
 published_port() {
@@ -204,7 +205,7 @@ http_status() {
 wait_healthy() {
     # Every service of the file has a container; long-running ones are healthy (or running, without a check),
     # one-shots exited 0. A one-shot that failed ends the wait at once with its log.
-    local started="$1" deadline=$((SECONDS + TIMEOUT_S)) want last="" states
+    local started="$1" deadline=$((SECONDS + TIMEOUT_S)) want last="" states services_up=""
     want="$(compose config --services | sort | tr '\n' ' ')"
     while :; do
         states="$(service_states)"
@@ -228,6 +229,11 @@ wait_healthy() {
         for svc in $want; do
             [[ " $seen " == *" $svc "* ]] || { ok=0; summary+="$svc:missing "; }
         done
+        if [ -z "$services_up" ] && [ -n "$states" ] && [[ "$summary" != *"/"* && "$summary" != *missing* ]]; then
+            # Every long-running service is healthy; only one-shots (the first training) are still going.
+            services_up=1
+            say "every long-running service is healthy, $(elapsed "$started") after $SINCE"
+        fi
         if [ "$ok" = 1 ]; then
             say "every service is healthy and every one-shot done, $(elapsed "$started") after $SINCE"
             return 0

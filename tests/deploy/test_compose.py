@@ -626,10 +626,10 @@ def test_dockerfile_is_one_python_as_non_root(
     docker: list[tuple[str, str]], image_files: dict[str, Path], repo: Path
 ) -> None:
     bases = [args for op, args in docker if op == "FROM"]
-    assert len(bases) == 2, "a builder stage and the final stage"
-    assert bases[0].endswith(" AS builder"), bases[0]
+    assert bases[1:-1] == ["deps AS builder"], "dependencies, then the project on top, then the final stage"
+    assert bases[0].endswith(" AS deps"), bases[0]
     final = bases[-1]
-    assert final == bases[0].removesuffix(" AS builder"), "both stages start from the same Python image"
+    assert final == bases[0].removesuffix(" AS deps"), "the build and the final stage start from one image"
     assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim-\w+|python:3\.\d+-slim(-\w+)?", final), final
     version = dockerfile_args(docker)["PYTHON_VERSION"]
     assert version == f"{sys.version_info.major}.{sys.version_info.minor}", (
@@ -798,19 +798,26 @@ def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: di
 
 
 def test_build_ca_reaches_only_the_builder_stage(docker: list[tuple[str, str]], repo: Path) -> None:
-    """The extra CAs are copied into the builder; the final stage takes only what KEEP_BUILD_CA left there."""
+    """The extra CAs are copied into the build stages; the final stage takes only what KEEP_BUILD_CA left."""
     stages: list[list[tuple[str, str]]] = []
     for op, args in docker:
         if op == "FROM":
             stages.append([])
         if stages:
             stages[-1].append((op, args))
-    builder, final = stages
-    assert any(op == "COPY" and args.startswith("docker/build-ca/") for op, args in builder)
+    deps, _, final = stages
+    assert any(op == "COPY" and args.startswith("docker/build-ca/") for op, args in deps)
     assert not any(op == "COPY" and "build-ca" in args and "--from=" not in args for op, args in final)
-    from_builder = [args for op, args in final if op == "COPY" and args.startswith("--from=builder")]
-    assert {a.split()[1] for a in from_builder} == {"/opt/runtime-ca/", "/opt/venv", "/opt/exampass"}
-    assert "ARG KEEP_BUILD_CA=false" in "\n".join(f"{op} {a}" for op, a in builder)
+    from_stages = {
+        tuple(args.split()[:2]) for op, args in final if op == "COPY" and args.startswith("--from=")
+    }
+    assert from_stages == {
+        ("--from=deps", "/opt/runtime-ca/"),
+        ("--from=deps", "/opt/venv"),  # the dependencies: a layer that changes only with uv.lock
+        ("--from=builder", "/opt/project-layer/"),
+        ("--from=builder", "/opt/exampass"),
+    }
+    assert "ARG KEEP_BUILD_CA=false" in "\n".join(f"{op} {a}" for op, a in deps)
     ignored = subprocess.run(
         ["git", "check-ignore", "-q", "docker/build-ca/extra-1-proxy.crt"], cwd=repo, check=False
     )

@@ -182,7 +182,7 @@ class Stack:
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Service -> its container's state, health, restart policy and id, from `docker inspect`."""
-        ids = self.compose("ps", "-q").stdout.split()
+        ids = self.compose("ps", "-a", "-q").stdout.split()
         assert ids, f"project {self.project} has no containers"
         inspected = json.loads(
             subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True).stdout
@@ -196,6 +196,7 @@ class Stack:
                 "id": c["Id"],
             }
             for c in inspected
+            if c["Config"]["Labels"].get("com.docker.compose.oneoff", "False").lower() != "true"
         }
 
     # -- what a person sees ----------------------------------------------------------------------------
@@ -467,7 +468,7 @@ def test_down_then_up_keeps_the_champion_keys_logs_and_run_history(
     before = stack.snapshot()
     old_ids = {name: s["id"] for name, s in stack.states().items()}
     stack.run("down", timeout=600)
-    assert stack.compose("ps", "-q").stdout.strip() == "", "down must remove every container"
+    assert stack.compose("ps", "-a", "-q").stdout.strip() == "", "down must remove every container"
     started = time.monotonic()
     stack.run("up", timeout=UP_TIMEOUT_S)
     timings["down_up_to_ready_s"] = round(time.monotonic() - started, 1)
