@@ -140,7 +140,7 @@ ensure_base_images() {
 }
 
 stage_build_ca() {
-    # The builder stage trusts docker/build-ca/*.crt; only the builder, so the shipped image carries no CA.
+    # The build stages trust docker/build-ca/*.crt; only they do, so the shipped image carries no CA.
     local dir="$REPO/docker/build-ca" n=0
     find "$dir" -maxdepth 1 -name '*.crt' -delete
     [ "${EXAMPASS_BUILD_CA:-}" = none ] && return 0
@@ -157,7 +157,7 @@ stage_build_ca() {
         n=$((n + 1))
         cp "$crt" "$dir/extra-$n-$(basename "$crt" .crt | tr -c 'A-Za-z0-9_.-' _).crt"
     done
-    [ "$n" -eq 0 ] || say "the image build trusts $n extra CA certificate(s) from this machine (builder stage only)"
+    [ "$n" -eq 0 ] || say "the image build trusts $n extra CA certificate(s) from this machine (build stages only)"
 }
 
 build_image() {

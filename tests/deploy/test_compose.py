@@ -779,6 +779,8 @@ def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: di
         assert files, src
         for path in files:
             rel = path.relative_to(repo).as_posix()
+            if rel.startswith("docker/build-ca/") and not rel.endswith((".crt", "/.keep")):
+                continue  # the folder's README is left out on purpose (asserted below)
             assert not ignored(rel), f"{rel} is copied by the Dockerfile but excluded by .dockerignore"
     for never in (
         ".venv/bin/python",
@@ -792,6 +794,9 @@ def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: di
     assert ignored("exampass.egg-info/PKG-INFO")
     # The build machine's extra CAs must reach the builder stage (deploy/stack.sh puts them there).
     assert not ignored("docker/build-ca/extra-1-proxy.crt")
+    assert not ignored("docker/build-ca/.keep"), "the folder must reach the builder even without a CA"
+    # Copied before `uv sync`: a file there that changes would reinstall every dependency.
+    assert ignored("docker/build-ca/README.md")
     # BuildKit would prefer a Dockerfile-specific ignore file and the legacy builder never reads one: with
     # both, the two builders would send different contexts.
     assert not (repo / "docker" / "Dockerfile.dockerignore").exists()

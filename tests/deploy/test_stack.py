@@ -508,9 +508,12 @@ def test_backup_restores_into_a_fresh_project_serving_the_same_champion(
     assert restored.secret("MLFLOW_API_PASSWORD") == stack.secret("MLFLOW_API_PASSWORD")
     copy = restored.snapshot()
     assert copy["champion"] == copy["served"] == original["champion"]
-    # Every run of the source is there with its status (a run started after the backup could not be).
-    assert {k: copy["runs"].get(k) for k in before["runs"]} == before["runs"], "the Dagster history differs"
-    assert set(copy["runs"]) <= set(original["runs"])
+    # The run history came back: every run the source had, and a finished one with its outcome. (Queued runs
+    # stay queued through a backup and go on in the restored stack, and its schedule may add runs, as the
+    # nightly one at 02:15 UTC does: so statuses of unfinished runs and later runs are not compared.)
+    assert set(before["runs"]) <= set(copy["runs"]), "runs missing from the restored history"
+    finished = {k: v for k, v in before["runs"].items() if v in {"SUCCESS", "FAILURE", "CANCELED"}}
+    assert finished and {k: copy["runs"][k] for k in finished} == finished
     assert copy["log_lines"] == original["log_lines"]
     assert restored.feedback(token) == 202, "the key store came back with the backup"
     log = restored.compose("logs", "--no-color", "bootstrap").stdout
