@@ -258,7 +258,7 @@ class KeyRing:
 
     path: Path
     keys: dict[str, ApiKey] = field(default_factory=dict)
-    _stamp: tuple[int, int, int] | None = None
+    _stamp: tuple[int, int, int, int] | None = None
     _checked: float = 0.0
     _reported: str | None = None
     _used: dict[str, float] = field(default_factory=dict)
@@ -276,12 +276,18 @@ class KeyRing:
             )
         return ring
 
-    def _identity(self) -> tuple[int, int, int] | None:
+    @property
+    def problem(self) -> str | None:
+        """Why the store's current contents are not in force (the last good keys are), or None."""
+        return self._reported
+
+    def _identity(self) -> tuple[int, int, int, int] | None:
+        # ctime too: a chmod that makes the store unreadable changes nothing else, and must be noticed.
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
     def refresh(self, *, now: bool = False) -> None:
         """Re-read the store if the file changed; keep the last good keys if it cannot be read.

@@ -157,6 +157,9 @@ class ModelStore:
             )
         self.bundle: Bundle | None = None
         self.last_error: str | None = None
+        # Why the last check of the alias failed (MLflow unreachable, a version that would not load), None when
+        # it succeeded: /ready reports it, while the loaded champion keeps serving.
+        self.registry_problem: str | None = None
         self._configured = False
         self._reported: set[str] = set()
         self._retry: dict[str, tuple[float, float]] = {}  # version -> (monotonic retry time, current delay)
@@ -199,7 +202,7 @@ class ModelStore:
             return False  # this version failed to load recently; wait out its back-off
         try:
             loaded = registry.load_version(version, client)
-            card = registry.load_model_card(loaded.run_id)
+            card = registry.load_model_card(loaded.run_id, client)
             bundle = Bundle.build(loaded, compile_pipeline(loaded.pipeline), card)
         except Exception:
             # Retry a broken version with a doubling delay (capped), not at every poll: each attempt
@@ -228,14 +231,18 @@ class ModelStore:
     def refresh_safely(self) -> bool:
         """refresh(), with every failure logged (once per distinct error), kept for /ready, never raised."""
         try:
-            return self.refresh()
+            swapped = self.refresh()
         except Exception as exc:  # noqa: BLE001 - any failure must leave the current model serving
             message = f"{type(exc).__name__}: {exc}"
             self.last_error = message if self.bundle is None else None
+            unreachable = isinstance(exc, registry.RegistryError)
+            self.registry_problem = f"{'unreachable' if unreachable else 'error'}: {message}"
             if message not in self._reported:
                 self._reported.add(message)
                 log.exception("could not refresh the champion model; keeping what is served")
             return False
+        self.registry_problem = None
+        return swapped
 
     async def start(self) -> None:
         """First load before serving (bounded by STARTUP_LOAD_TIMEOUT_S), then poll in the background."""

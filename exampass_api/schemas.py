@@ -210,10 +210,21 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "model_version": "3"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ready", "model_version": "3", "registry": "ok", "key_store": "ok"}]
+        }
+    )
 
     status: Literal["ready"]
     model_version: str
+    registry: str = Field(
+        description="'ok', or why the last check of the MLflow registry failed; the loaded model keeps serving "
+        "and a version promoted meanwhile is picked up once the registry answers again."
+    )
+    key_store: str = Field(
+        description="'ok', or why the API key store cannot be read; the last good keys stay in force."
+    )
 
 
 class ExplanationInfo(BaseModel):

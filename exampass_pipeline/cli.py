@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from tqdm import tqdm
 
 from exampass_pipeline import registry, schema
@@ -128,9 +129,17 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_beta_warnings()
     settings = settings_from_env(parser)
-    registry.configure(settings)
-    if args.if_no_champion and registry.champion_version() is not None:
-        print(f"champion exists: {registry.champion_version().version}; skipping training")  # type: ignore[union-attr]
+    try:
+        registry.configure(settings)
+        champion = registry.champion_version() if args.if_no_champion else None
+    except (registry.RegistryError, MlflowException, OSError) as exc:
+        print(
+            f"error: cannot reach the MLflow registry: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    if champion is not None:
+        print(f"champion exists: {champion.version}; skipping training")
         return 0
     if not settings.data_path.exists():
         print(

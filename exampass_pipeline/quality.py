@@ -70,6 +70,11 @@ METHOD = "one-sided upper bounds at alpha/2 each: clopper-pearson (recall_fail),
 # -----------------------------------------------------------------------------------------------------------
 
 
+def _unit(value: float) -> float:
+    """A bound of a proportion clipped to [0, 1]; clipping never changes a verdict (targets lie in [0, 1])."""
+    return min(1.0, max(0.0, value))
+
+
 def clopper_pearson_upper(successes: int, n: int, alpha: float) -> float:
     """Exact one-sided upper (1 - alpha) bound of a binomial proportion; 1.0 when nothing was observed."""
     if n <= 0 or successes >= n:
@@ -218,7 +223,8 @@ def _recall_bound(
         hi = wilson_bounds(caught, n_fail, level)[1]
         diff_upper = (recall - target) + math.sqrt((hi - recall) ** 2 + (target - lo_c) ** 2)
         figures["recall_fail_diff_upper"] = diff_upper
-        figures["recall_fail_upper"] = target + diff_upper
+        # A bound of a proportion: the difference bound added back can pass 1 when today's recall is high.
+        figures["recall_fail_upper"] = _unit(target + diff_upper)
     else:
         figures["recall_fail_upper"] = clopper_pearson_upper(caught, n_fail, level)
     part = (
@@ -243,9 +249,9 @@ def _auc_bound(
         champ_n_fail, champ_n_pass = champ_sizes
         se_c = hanley_mcneil_se(target, int(champ_n_pass), int(champ_n_fail))
         figures["roc_auc_diff_upper"] = (auc - target) + z * math.sqrt(se * se + se_c * se_c)
-        figures["roc_auc_upper"] = target + figures["roc_auc_diff_upper"]
+        figures["roc_auc_upper"] = _unit(target + figures["roc_auc_diff_upper"])
     else:
-        figures["roc_auc_upper"] = min(1.0, auc + z * se)
+        figures["roc_auc_upper"] = _unit(auc + z * se)
     part = f"ROC-AUC {auc:.3f} (upper bound {figures['roc_auc_upper']:.3f}) vs champion {target:.3f}"
     return figures, part
 

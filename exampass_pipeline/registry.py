@@ -7,7 +7,7 @@ fetched through MLflow and opened with skops against *our* allow-list, not the l
 
 from __future__ import annotations
 
-import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +58,24 @@ META_RULE_COMPARISON = "rule_comparison"
 MODEL_CARD_PATH = "model_card.md"
 
 
+# MLflow's client retries a failing HTTP request 7 times with a doubling back-off and a 120 s timeout each:
+# minutes of hanging per request while a tracking server is down. ExamPass bounds it (a request gives up after
+# at most 4 attempts of 30 s plus 1+2+4 s of back-off), so a training run with MLflow gone fails within a few
+# minutes and says so, and the API's poll comes round again instead of hanging. MLflow's own variables, when
+# an operator sets them, win.
+HTTP_RETRY_POLICY: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def bound_retries() -> None:
+    """Apply HTTP_RETRY_POLICY where the environment has not chosen otherwise (MLflow reads it per request)."""
+    for name, value in HTTP_RETRY_POLICY.items():
+        os.environ.setdefault(name, value)
+
+
 def _database_store(uri: str) -> bool:
     """A tracking URI that is a database (sqlite, or Postgres/MySQL on a server without an MLflow server).
 
@@ -90,6 +108,7 @@ def connect(
     ``artifacts_dir`` (under EXAMPASS_HOME); with a tracking server the server decides where artifacts live, so
     we leave it unset.
     """
+    bound_retries()
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
@@ -173,13 +192,51 @@ def pinned_requirements() -> list[str]:
     ]
 
 
+class RegistryError(RuntimeError):
+    """MLflow could not be asked (down, restarting, a permission error): the state of the registry is unknown.
+
+    Never read as "no champion": a gate that took an unreachable registry for an empty one would promote any
+    challenger without a comparison. Callers fail closed: the step fails, the champion stays.
+    """
+
+
+def registry_error(what: str, exc: BaseException) -> RegistryError:
+    """A RegistryError whose message names MLflow, what was being done and the error itself."""
+    return RegistryError(f"MLflow registry error while {what}: {type(exc).__name__}: {exc}")
+
+
+def _not_found(exc: MlflowException) -> bool:
+    """MLflow's own answer "that does not exist": the model, or its alias (which MLflow reports as an invalid
+    parameter, so the message is checked too). Anything else is an error, not an answer."""
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    text = str(exc).lower()
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
+
+
 def champion_version(client: MlflowClient | None = None) -> ModelVersion | None:
-    """The version behind @champion, or None when nothing has been promoted yet."""
+    """The version behind @champion; None only when MLflow says there is none. Any other failure raises
+    RegistryError (fail closed: see the class)."""
     client = client or MlflowClient()
     try:
         return client.get_model_version_by_alias(schema.MODEL_NAME, schema.CHAMPION_ALIAS)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise registry_error(f"reading @{schema.CHAMPION_ALIAS}", exc) from exc
+    except OSError as exc:  # a connection refused before MLflow wrapped it
+        raise registry_error(f"reading @{schema.CHAMPION_ALIAS}", exc) from exc
+
+
+def find_version(client: MlflowClient, version: str) -> ModelVersion | None:
+    """One registered version of our model; None only when MLflow says it does not exist (RegistryError
+    for any other failure)."""
+    try:
+        return client.get_model_version(schema.MODEL_NAME, str(version))
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise registry_error(f"reading version {version}", exc) from exc
 
 
 @dataclass
@@ -269,14 +326,18 @@ def log_model_card(client: MlflowClient, run_id: str, markdown: str) -> None:
     client.log_text(run_id, markdown, MODEL_CARD_PATH)
 
 
-def load_model_card(run_id: str | None) -> str | None:
-    """The model card of a version's run, or None when it has none (versions logged before cards)."""
+def load_model_card(run_id: str | None, client: MlflowClient | None = None) -> str | None:
+    """The model card of a version's run, or None when the run has none (versions logged before cards).
+
+    "Has none" is what the run's artifact listing says; an error listing or downloading it raises, so a
+    registry hiccup never silently serves a model without its card.
+    """
     if not run_id:
         return None
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_CARD_PATH)
-    except (MlflowException, OSError):
+    client = client or MlflowClient()
+    if MODEL_CARD_PATH not in {item.path for item in client.list_artifacts(run_id)}:
         return None
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_CARD_PATH)
     return Path(path).read_text(encoding="utf-8")
 
 
@@ -298,10 +359,12 @@ def record_decision(
     ``approve``); by default it follows ``promoted``.
     """
     decision = status or ("promoted" if promoted else "rejected")
-    client.set_model_version_tag(schema.MODEL_NAME, version, TAG_DECISION, decision)
+    # The verdict tag is written last: if MLflow fails half-way, the version stays undecided (never
+    # "promoted" without the alias having moved).
     client.set_model_version_tag(schema.MODEL_NAME, version, TAG_REASON, reason)
     if promoted:
         client.set_registered_model_alias(schema.MODEL_NAME, schema.CHAMPION_ALIAS, version)
+    client.set_model_version_tag(schema.MODEL_NAME, version, TAG_DECISION, decision)
 
 
 class ApprovalError(ValueError):
@@ -327,14 +390,3 @@ def approve(client: MlflowClient, version: str, approver: str, note: str = "") -
     reason = f"approved by {approver} at {stamp}" + (f" ({note})" if note else "")
     record_decision(client, version, True, reason + "; was: " + found.tags.get(TAG_REASON, ""))
     return found
-
-
-def describe(loaded: LoadedModel) -> str:
-    return json.dumps(
-        {
-            "version": loaded.version,
-            "candidate": loaded.candidate,
-            "threshold": loaded.threshold,
-            "decision": loaded.decision.summary(),
-        }
-    )

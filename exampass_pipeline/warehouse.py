@@ -8,14 +8,19 @@ upgraded pipeline keeps writing to the same tables and the rows written before s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fcntl
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import OutputContext
+from dagster import InitResourceContext, OutputContext
 from dagster._core.storage.db_io_manager import DbTypeHandler, TableSlice
 from dagster_duckdb import DuckDBIOManager
 from dagster_duckdb_pandas import DuckDBPandasTypeHandler
+from pydantic import PrivateAttr
 
 
 class EvolvingPandasTypeHandler(DuckDBPandasTypeHandler):
@@ -56,8 +61,82 @@ def follow_columns(connection: Any, table: str, obj: pd.DataFrame) -> None:
     connection.execute(f"ALTER TABLE {table}__evolving RENAME TO {name}")
 
 
+class WriterLock:
+    """One writing process at a time for the DuckDB file, whoever started the run.
+
+    DuckDB admits one writer process and refuses a second at once (dagster-duckdb retries for about 100 s,
+    then the run fails). Runs from the daemon's queue are one at a time already, but a CLI run
+    (``exampass-train``, ``exampass-backfill``) or a test materializes in its own process. So every run takes
+    this exclusive ``flock`` for as long as it runs and a second one waits for it, saying who holds it. The
+    kernel releases it when the holder dies, even by SIGKILL, so a crashed run never blocks the next.
+    """
+
+    POLL_S = 0.5
+    REPORT_EVERY_S = 30.0
+
+    def __init__(self, database: str) -> None:
+        self.path = Path(f"{database}.writer-lock")
+        self._fd: int | None = None
+
+    def acquire(self, holder: str, timeout_s: float, say: Callable[[str], None]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        started = time.monotonic()
+        reported: float | None = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if now - started >= timeout_s:
+                    os.close(fd)
+                    raise TimeoutError(
+                        f"the warehouse {self.path.with_suffix('')} is still being written by "
+                        f"{self._holder() or 'another process'} after {timeout_s:.0f} s; giving up"
+                    ) from None
+                if reported is None or now - reported >= self.REPORT_EVERY_S:
+                    reported = now
+                    say(f"waiting for the warehouse: {self._holder() or 'another process'} is writing it")
+                time.sleep(self.POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        self._fd = fd
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
 class WarehouseIOManager(DuckDBIOManager):
-    """Every asset's DataFrame as a DuckDB table in the one warehouse file."""
+    """Every asset's DataFrame as a DuckDB table in the one warehouse file, written by one run at a time.
+
+    Every asset stores its output through this IO manager, so every run that writes the warehouse
+    initialises it; that is where the run takes the writer lock, released when the run's resources are
+    torn down (the code location executes runs in one process).
+    """
+
+    lock_timeout_s: float = 3600.0
+    _lock: WriterLock | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        lock = WriterLock(self.database)
+        run = context.run_id or "no run"
+        log = context.log.info if context.log is not None else print
+        lock.acquire(f"pid {os.getpid()}, run {run}", self.lock_timeout_s, log)
+        self._lock = lock
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler[Any]]:

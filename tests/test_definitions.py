@@ -61,7 +61,8 @@ def test_definitions_wire_every_asset_check_job_sensor_and_schedule(exampass_hom
         "trusted_set_is_curated",
         "feedback_plausibility",
     } == check_names
-    assert {j for j in ("training_job", "retrain_job", "monitoring_job") if defs.resolve_job_def(j)}
+    jobs = {job.name for job in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
+    assert jobs == {"training_job", "retrain_job", "monitoring_job"}
     sensor = defs.resolve_sensor_def("retrain_on_failed_checks")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("nightly_monitoring").cron_schedule == "15 2 * * *"

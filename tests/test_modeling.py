@@ -313,9 +313,14 @@ def test_the_served_rule_holds_on_new_students_from_the_population(selection: mo
     assert single.gap(schema.LUNCH) > 0.07  # the gap the rule exists to close
     metrics = modeling.classification_metrics(y, p, selection.rule.for_frame(students))
     assert metrics["roc_auc"] > 0.96 and metrics["f1_fail"] > 0.74
-    # The served probability stays calibrated, overall and per group.
+    # The served probability stays calibrated, overall and per group. The bound is set by the sampling error
+    # of the ~800 rows the model learnt from, not of these 60,000: a group's mean P(fail) moves with its
+    # fitted lunch coefficient, whose standard error (~0.4 maths points for ~280 free/reduced and ~520
+    # standard rows, residual SD ~5.4) is ~0.008 in P(fail) at ~0.02 per point near the pass mark; three of
+    # those plus the 60,000 students' own noise (~0.003) give 0.03, which the Kaggle file (0.01) and the
+    # synthetic fallback (0.021) both meet.
     assert abs((1 - p).mean() - (~y).mean()) < 0.01
-    assert served.calibration_gap(schema.LUNCH) < 0.02
+    assert served.calibration_gap(schema.LUNCH) < 0.03
 
 
 def test_a_single_threshold_rule_when_no_features_are_named(splits: modeling.Splits) -> None:

@@ -52,12 +52,13 @@ def test_one_failure_requests_exactly_one_retrain(
         assert isinstance(result, dg.SensorResult)
         assert len(result.run_requests) == 1
         request = result.run_requests[0]
-        assert "drift_report:no_data_drift@2026-11-11" in request.run_key
+        assert "drift_report:no_data_drift@2026-11-11" in request.tags["exampass/trigger"]
+        assert drifted.run_id[:8] in request.run_key
         assert request.job_name in (None, "retrain_job")
 
         again, cursor = evaluate(instance, cursor)
         assert isinstance(again, dg.SkipReason), "the same failure must not request a second run"
-        assert json.loads(cursor)["seen"]
+        assert json.loads(cursor)["after"] > 0 and json.loads(cursor)["pending"] == []
 
 
 def test_cooldown_holds_back_a_second_retrain(
@@ -71,6 +72,19 @@ def test_cooldown_holds_back_a_second_retrain(
         first, cursor = evaluate(instance, cooldown_s=3600)
         assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
         materialize_monitoring(instance, monitoring_home, days[1].isoformat())
-        second, _ = evaluate(instance, cursor, cooldown_s=3600)
+        second, cursor = evaluate(instance, cursor, cooldown_s=3600)
         assert isinstance(second, dg.SkipReason)
-        assert "cooldown" in str(second.skip_message)
+        assert "cooldown" in str(second.skip_message) and "deferred, not forgotten" in str(
+            second.skip_message
+        )
+        assert "2026-11-12" in str(second.skip_message)
+        # Still inside the cooldown: still deferred, still remembered.
+        third, cursor = evaluate(instance, cursor, cooldown_s=3600)
+        assert isinstance(third, dg.SkipReason) and "2026-11-12" in str(third.skip_message)
+        # The cooldown over, the deferred failure gets its retrain: one run, for that day only.
+        fourth, cursor = evaluate(instance, cursor, cooldown_s=0)
+        assert isinstance(fourth, dg.SensorResult) and len(fourth.run_requests) == 1
+        assert "2026-11-12" in fourth.run_requests[0].tags["exampass/trigger"]
+        assert "2026-11-11" not in fourth.run_requests[0].tags["exampass/trigger"]
+        fifth, _ = evaluate(instance, cursor, cooldown_s=0)
+        assert isinstance(fifth, dg.SkipReason)

@@ -8,6 +8,8 @@ for a change of behaviour. A held promotion is an alert that says how to approve
 
 import base64
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from exampass_pipeline import dataset, fairness, gate, model_card, modeling, registry, schema, trust
 from exampass_pipeline.alerts import Alerter
@@ -163,6 +166,35 @@ def _record(
         )
 
 
+@contextmanager
+def _fail_closed(
+    context: dg.AssetExecutionContext, alerter: Alerter, warehouse: DuckDBResource
+) -> Iterator[None]:
+    """An MLflow failure anywhere in evaluation fails the step, says so, and leaves the champion alone.
+
+    The version just trained stays undecided (``registry.record_decision`` writes the verdict last), and an
+    ERROR alert is recorded so that a person learns that the gate could not run, not only that a run failed.
+    """
+    try:
+        yield
+    except (registry.RegistryError, MlflowException, OSError) as exc:
+        message = (
+            f"the champion gate could not decide and the champion stays: MLflow failed: "
+            f"{type(exc).__name__}: {str(exc)[:500]}"
+        )
+        alerter.raise_alert(
+            warehouse,
+            check_name=GATE_CHECK,
+            asset="model_evaluation",
+            partition_key=None,
+            severity="ERROR",
+            message=message,
+            figures={"error": type(exc).__name__},
+            log=context.log,
+        )
+        raise dg.Failure(description=message) from exc
+
+
 @dg.asset(
     group_name="training",
     kinds={"mlflow"},
@@ -181,19 +213,20 @@ def model_evaluation(
     students: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
     """Test metrics on the model's MLflow run, ROC and confusion plots, and the gate's decision."""
-    client = mlflow_registry.client()
     card = pass_classifier.iloc[0]
-    version = client.get_model_version(schema.MODEL_NAME, str(card["model_version"]))
-    candidate = registry.load_version(version, client)
-    metrics = modeling.evaluate(candidate.pipeline, candidate.decision, test_split)
     run_id = str(card["mlflow_run_id"])
-    for name, value in metrics.items():
-        client.log_metric(run_id, name, float(value))
-    roc_png, cm_png = _plots(client, paths, candidate, run_id, test_split)
-    assessment = _fairness(client, run_id, candidate, test_split, metrics, card, _data_source(students))
-    splits = {"test": test_split, "trusted": trusted_set}
-    decision, champion_metrics, champion = _judge(client, candidate, thresholds, splits, students)
-    _record(context, client, run_id, candidate, decision, (alerter, warehouse))
+    with _fail_closed(context, alerter, warehouse):
+        client = mlflow_registry.client()
+        version = client.get_model_version(schema.MODEL_NAME, str(card["model_version"]))
+        candidate = registry.load_version(version, client)
+        metrics = modeling.evaluate(candidate.pipeline, candidate.decision, test_split)
+        for name, value in metrics.items():
+            client.log_metric(run_id, name, float(value))
+        roc_png, cm_png = _plots(client, paths, candidate, run_id, test_split)
+        assessment = _fairness(client, run_id, candidate, test_split, metrics, card, _data_source(students))
+        splits = {"test": test_split, "trusted": trusted_set}
+        decision, champion_metrics, champion = _judge(client, candidate, thresholds, splits, students)
+        _record(context, client, run_id, candidate, decision, (alerter, warehouse))
 
     rows = [{"model_version": candidate.version, "role": "candidate", **metrics}]
     if champion_metrics is not None and champion is not None:

@@ -32,23 +32,38 @@ SEGMENT_QUALITY = "segment_quality"
 def _load_version(tracking_uri: str, version: str) -> registry.LoadedModel:
     """Models are immutable per version, so one load per process and version is enough."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    return registry.load_version(client.get_model_version(schema.MODEL_NAME, version), client)
+    found = registry.find_version(client, version)
+    if found is None:
+        raise LookupError(f"{schema.MODEL_NAME} has no version {version}")
+    return registry.load_version(found, client)
 
 
-def serving_model(batch: pd.DataFrame, store: MlflowRegistry) -> registry.LoadedModel | None:
-    """The version that answered most of the day's requests, else the current champion.
+def serving_model(
+    batch: pd.DataFrame, store: MlflowRegistry, log: Any
+) -> tuple[registry.LoadedModel | None, str]:
+    """The version that answered most of the day's requests, and a sentence saying what the day is judged by.
 
-    Prediction drift and quality must be judged against the model that actually made the predictions.
+    Prediction drift and quality must be judged against the model that actually made the predictions. Only
+    when MLflow says that version does not exist (deleted, or logged by another registry) is the day judged
+    against the current champion instead, and that is logged and said in the metadata; an unreachable
+    registry fails the step (``registry.RegistryError``), it never changes the verdict silently.
     """
     client = store.client()
     if len(batch):
         version = str(batch["model_version"].mode().iloc[0])
-        try:
-            return _load_version(store.tracking_uri, version)
-        except Exception:  # noqa: BLE001 - a deleted or foreign version: fall back to the champion
-            pass
+        if registry.find_version(client, version) is not None:
+            return _load_version(
+                store.tracking_uri, version
+            ), f"version {version}, which served most of the day"
+        note = f"version {version} served most of the day but is not in the registry"
+        log.warning(f"{note}: judging the day against the current champion instead")
+    else:
+        note = "no predictions"
     champion = registry.champion_version(client)
-    return None if champion is None else _load_version(store.tracking_uri, str(champion.version))
+    if champion is None:
+        return None, f"{note}; no champion either: prediction drift and quality are not judged"
+    model = _load_version(store.tracking_uri, str(champion.version))
+    return model, f"{note}; judged against the current champion, version {champion.version}"
 
 
 def _long_table(day: date, numbers: dict[str, Any], kind: str) -> pd.DataFrame:
@@ -97,7 +112,7 @@ def drift_report(
         checked, context, alerter, warehouse, asset="drift_report", partition_key=context.partition_key
     )
     current = prediction_batches
-    model = serving_model(current, mlflow_registry)
+    model, judged_by = serving_model(current, mlflow_registry, context.log)
     reference = train_split[list(schema.FEATURES)].copy()
     data = drift.data_drift(
         train_split, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
@@ -133,6 +148,7 @@ def drift_report(
             "drift_status": data.status,
             "drifted_columns": ", ".join(data.drifted_columns) or "none",
             "model_version": model.version if model else "none",
+            "judged_against": judged_by,
         },
     )
     yield check(
@@ -193,7 +209,7 @@ def quality_report(
     labelled = prediction_batches[prediction_batches[schema.MATH_SCORE].notna()].copy()
     labelled[schema.LABEL] = labelled[schema.LABEL].astype(bool)
     labelled["predicted_pass"] = labelled["predicted_pass"].astype(bool)
-    model = serving_model(prediction_batches, mlflow_registry)
+    model, judged_by = serving_model(prediction_batches, mlflow_registry, context.log)
     html = paths.reports / "quality" / f"{day.isoformat()}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
     # The served decision: the model's rule (a cut-off per group of students), so the day is judged by what
@@ -229,6 +245,7 @@ def quality_report(
             "labelled_rows": len(labelled),
             "quality_status": decision.status,
             "model_version": model.version if model else "none",
+            "judged_against": judged_by,
         },
     )
     yield check(

@@ -427,7 +427,12 @@ def test_health_ready_and_model_describe_the_champion(
     client: TestClient, api_registry: Registry, champion: registry.LoadedModel
 ) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"status": "ready", "model_version": champion.version}
+    assert client.get("/ready").json() == {
+        "status": "ready",
+        "model_version": champion.version,
+        "registry": "ok",
+        "key_store": "ok",
+    }
     model = client.get("/model").json()
     with use_home(api_registry.settings.home):
         version = MlflowClient().get_model_version(schema.MODEL_NAME, champion.version)
