@@ -12,9 +12,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from exampass_api.auth import Access
-from exampass_api.model_store import Bundle, ModelStore
-from exampass_api.service import PredictionService
+from exampass_api.core.security import Access
+from exampass_api.services.model_store import Bundle, ModelStore
+from exampass_api.services.prediction import PredictionService
 
 
 async def get_bundle(request: Request) -> Bundle:

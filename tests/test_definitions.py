@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 from support import REPO_ROOT
 
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.contract.settings import Settings
 
 EXPECTED_ASSETS = {
     "raw_students",
@@ -39,6 +39,20 @@ def test_workspace_yaml_loads_the_code_location(exampass_home: Settings) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exampass" in result.stdout + result.stderr
+
+
+def test_dg_check_defs_loads_the_project(exampass_home: Settings) -> None:
+    """Dagster's project CLI finds the code location through [tool.dg] and definitions.py on top of defs/."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
 def test_definitions_wire_every_asset_check_job_sensor_and_schedule(exampass_home: Settings) -> None:

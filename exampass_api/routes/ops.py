@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, Response
 
+from exampass_api.core.errors import NO_MODEL
+from exampass_api.core.responses import JSONBytes
+from exampass_api.core.routing import ApiRoute
 from exampass_api.deps import Served, Status
-from exampass_api.errors import NO_MODEL
-from exampass_api.responses import JSONBytes
-from exampass_api.routing import ApiRoute
 from exampass_api.schemas import HealthOut, MessageOut, ModelOut, ReadyOut
 
 router = APIRouter(tags=["operations"], route_class=ApiRoute)

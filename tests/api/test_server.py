@@ -23,8 +23,8 @@ import pytest
 from api_support import Registry, Server, clone_home, prediction_lines, run_server, use_home
 from mlflow import MlflowClient
 
-from exampass_api.model_store import NO_CHAMPION
-from exampass_pipeline import predlog, registry, schema
+from exampass_api.services.model_store import NO_CHAMPION
+from exampass_pipeline.contract import predlog, registry, schema
 
 STUDENT: dict[str, Any] = {
     "gender": "male",

@@ -60,9 +60,9 @@ def open_dagster_page(page: Any, url: str) -> Any:
 
 
 def expected_asset_names() -> set[str]:
-    from exampass_pipeline.definitions import defs
+    from exampass_pipeline.definitions import build_defs
 
-    return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    return {key.to_user_string() for key in build_defs().resolve_asset_graph().get_all_asset_keys()}
 
 
 def test_asset_graph_shows_every_asset_and_materialize_all_succeeds(
@@ -152,7 +152,7 @@ def test_asset_graph_shows_every_asset_and_materialize_all_succeeds(
     # The run did real work: a model went into the registry as @champion.
     from mlflow import MlflowClient
 
-    from exampass_pipeline import registry, schema
+    from exampass_pipeline.contract import registry, schema
 
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
     champion = client.get_model_version_by_alias(schema.MODEL_NAME, schema.CHAMPION_ALIAS)
