@@ -24,6 +24,10 @@ EXPECTED_ASSETS = {
     "drift_report",
     "quality_report",
     "trusted_set",
+    "labelled_production",
+    "feedback_quarantine",
+    "feedback_screening",
+    "alerts",
 }
 
 

@@ -10,8 +10,19 @@ from dagster_duckdb import DuckDBResource
 
 from exampass_pipeline.contract import schema
 from exampass_pipeline.contract.settings import threshold_env_var
-from exampass_pipeline.defs.resources import Alerter, Thresholds
+from exampass_pipeline.defs.resources import ALERTS_ASSET, Alerter, Thresholds
 from exampass_pipeline.ml import dataset, trust
+
+alerts = dg.AssetSpec(
+    ALERTS_ASSET,
+    deps=["students", "train_split", "trusted_set", "model_evaluation", "drift_report", "quality_report"],
+    group_name="monitoring",
+    kinds={"duckdb"},
+    description=(
+        "exampass.alerts: one row per failed check or held promotion, with its delivery to the webhook. "
+        "Appended by the checks of the assets it depends on, never materialized on its own."
+    ),
+)
 
 
 def schema_problems(frame: pd.DataFrame) -> list[str]:

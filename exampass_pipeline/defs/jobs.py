@@ -6,11 +6,18 @@ import dagster as dg
 
 from exampass_pipeline.defs.partitions import daily_partitions
 
-TRAINING = dg.AssetSelection.groups("training")
+# Training also (re)creates the view of labelled production rows: on a fresh install that is its first
+# materialization, so the training group's only upstream outside itself is never missing in the UI.
+TRAINING = dg.AssetSelection.groups("training") | dg.AssetSelection.assets("labelled_production")
 MONITORING = dg.AssetSelection.groups("monitoring")
+# The student table and what it is built from, with its screening tables (one step makes all three).
+STUDENTS = dg.AssetSelection.assets(
+    "raw_students", "labelled_production", "students"
+).required_multi_asset_neighbors()
 # Retraining re-reads the stored raw file but rebuilds everything after it, so production rows ingested since
-# the last training join the table.
+# the last training join the table (students' screening tables are produced with it).
 RETRAIN = dg.AssetSelection.assets(
+    "labelled_production",
     "students",
     "train_split",
     "validation_split",
@@ -18,7 +25,7 @@ RETRAIN = dg.AssetSelection.assets(
     "trusted_set",
     "pass_classifier",
     "model_evaluation",
-)
+).required_multi_asset_neighbors()
 
 training_job = dg.define_asset_job(
     "training_job", selection=TRAINING, description="Ingest the data file, train, evaluate and gate."

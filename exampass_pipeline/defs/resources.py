@@ -115,6 +115,8 @@ class WarehouseIOManager(DuckDBIOManager):
 
 
 SEVERITY = {dg.AssetCheckSeverity.ERROR: "ERROR", dg.AssetCheckSeverity.WARN: "WARN"}
+# The alerts table as an asset of the graph (defs/checks.py declares it); every alert records a materialization.
+ALERTS_ASSET = "alerts"
 
 
 def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -139,8 +141,10 @@ class Alerter(dg.ConfigurableResource):
         severity: str,
         message: str,
         figures: dict[str, Any],
-        log: Any = None,
+        context: Any = None,
     ) -> dict[str, Any]:
+        """Deliver and record one alert; with a run's ``context``, also say so in its log and record a
+        materialization of the ``alerts`` table, so the asset graph shows when and by which run it grew."""
         alert = alerts.new_alert(
             check_name=check_name,
             asset=asset,
@@ -154,9 +158,24 @@ class Alerter(dg.ConfigurableResource):
         alert.update(delivery_status=status, delivery_attempts=attempts, delivery_error=error)
         with warehouse.get_connection() as conn:
             alerts.store(conn, alert)
-        if log is not None:
+        if context is not None:
             note = f"alert {check_name} ({severity}) recorded; webhook: {status}"
-            (log.warning if status == "failed" else log.info)(note + (f" ({error})" if error else ""))
+            (context.log.warning if status == "failed" else context.log.info)(
+                note + (f" ({error})" if error else "")
+            )
+            getattr(context, "op_execution_context", context).log_event(
+                dg.AssetMaterialization(
+                    asset_key=ALERTS_ASSET,
+                    partition=None,
+                    metadata={
+                        "check": check_name,
+                        "asset": asset,
+                        "partition": partition_key or "-",
+                        "severity": severity,
+                        "delivery": status,
+                    },
+                )
+            )
         return alert
 
     def check_result(
@@ -185,7 +204,7 @@ class Alerter(dg.ConfigurableResource):
                 severity=SEVERITY[severity],
                 message=message,
                 figures=_jsonable(metadata),
-                log=context.log,
+                context=context,
             )
         return dg.AssetCheckResult(
             asset_key=asset,

@@ -162,7 +162,7 @@ def _record(
                 "corroborated_by": decision.corroborated_by,
                 "approve_with": f"exampass-approve {candidate.version}",
             },
-            log=context.log,
+            context=context,
         )
 
 
@@ -190,7 +190,7 @@ def _fail_closed(
             severity="ERROR",
             message=message,
             figures={"error": type(exc).__name__},
-            log=context.log,
+            context=context,
         )
         raise dg.Failure(description=message) from exc
 

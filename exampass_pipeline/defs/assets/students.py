@@ -29,24 +29,74 @@ QUARANTINE = f"{WAREHOUSE_SCHEMA}.feedback_quarantine"
 SCREENING = f"{WAREHOUSE_SCHEMA}.feedback_screening"
 
 
+LABELLED = f"{WAREHOUSE_SCHEMA}.labelled_production"
+# The columns of a labelled production row, as students reads them: the record, who reported the outcome, and
+# when and under which id it was predicted.
+_LABELLED_COLUMNS = [*schema.COLUMNS, dataset.CLIENT_COLUMN, "partition_date", "prediction_id", "timestamp"]
+
+
+def _labelled_select(conn: Any) -> str:
+    """The view's query: every ingested prediction whose outcome was reported, from every partition.
+
+    The client of a training row is whoever reported its outcome: the label is what they supplied. Rows
+    ingested before clients were recorded count as "unattributed". Before the first partition there is no
+    batch table yet, and the view is an empty one of the same columns.
+    """
+    exists = conn.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+        "AND column_name = 'feedback_client'",
+        [WAREHOUSE_SCHEMA, "prediction_batches"],
+    ).fetchone()
+    if exists and exists[0]:
+        return (
+            f"SELECT {', '.join(schema.COLUMNS)}, coalesce(feedback_client, '{predlog.UNATTRIBUTED}') AS client, "
+            f"CAST(partition_date AS DATE) AS partition_date, prediction_id, timestamp "
+            f"FROM {WAREHOUSE_SCHEMA}.prediction_batches WHERE {schema.MATH_SCORE} IS NOT NULL"
+        )
+    typed = [f"CAST(NULL AS VARCHAR) AS {name}" for name in schema.CATEGORICAL_FEATURES]
+    typed += [f"CAST(NULL AS BIGINT) AS {name}" for name in schema.SCORES]
+    typed += [
+        "CAST(NULL AS VARCHAR) AS client",
+        "CAST(NULL AS DATE) AS partition_date",
+        "CAST(NULL AS VARCHAR) AS prediction_id",
+        "CAST(NULL AS TIMESTAMP) AS timestamp",
+    ]
+    return f"SELECT {', '.join(typed)} WHERE false"
+
+
+@dg.asset(
+    group_name="monitoring",
+    kinds={"duckdb"},
+    deps=[dg.AssetDep("prediction_batches", partition_mapping=dg.AllPartitionMapping())],
+)
+def labelled_production(warehouse: DuckDBResource) -> dg.MaterializeResult:
+    """Every prediction the service made whose real outcome a client has reported since: a view over all
+    partitions of ``prediction_batches``, which ``students`` screens before any of it can train.
+
+    A view, so keeping it current costs nothing however long the history grows: each monitoring run refreshes
+    it, and so does the first training, so that the training group never waits on an upstream that was never
+    materialized.
+    """
+    with warehouse.get_connection() as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}")
+        conn.execute(f"CREATE OR REPLACE VIEW {LABELLED} AS {_labelled_select(conn)}")
+        rows, clients = conn.execute(
+            f"SELECT count(*), count(DISTINCT client) FROM {LABELLED}"
+        ).fetchone() or (0, 0)
+    return dg.MaterializeResult(metadata={"dagster/row_count": int(rows), "clients": int(clients)})
+
+
 def _production_rows(warehouse: DuckDBResource) -> pd.DataFrame:
-    """Labelled production rows already ingested by prediction_batches; none before the first partition."""
-    columns = [*schema.COLUMNS, dataset.CLIENT_COLUMN, "partition_date", "prediction_id"]
+    """The labelled production rows, oldest first; none before labelled_production was first materialized."""
     with warehouse.get_connection() as conn:
         exists = conn.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-            "AND column_name = 'feedback_client'",
-            [WAREHOUSE_SCHEMA, "prediction_batches"],
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [WAREHOUSE_SCHEMA, "labelled_production"],
         ).fetchone()
         if not exists or not exists[0]:
-            return pd.DataFrame(columns=columns)
-        # The client of a training row is whoever reported its outcome: the label is what they supplied.
-        # Rows ingested before clients were recorded count as "unattributed".
+            return pd.DataFrame(columns=_LABELLED_COLUMNS[:-1])
         rows: pd.DataFrame = conn.execute(
-            f"SELECT {', '.join(schema.COLUMNS)}, coalesce(feedback_client, '{predlog.UNATTRIBUTED}') AS client, "
-            f"CAST(partition_date AS DATE) AS partition_date, prediction_id "
-            f"FROM {WAREHOUSE_SCHEMA}.prediction_batches "
-            f"WHERE {schema.MATH_SCORE} IS NOT NULL ORDER BY timestamp, prediction_id"
+            f"SELECT {', '.join(_LABELLED_COLUMNS[:-1])} FROM {LABELLED} ORDER BY timestamp, prediction_id"
         ).df()
     return rows
 
@@ -114,10 +164,25 @@ def _plausibility_result(
     return not problems, message, figures
 
 
-@dg.asset(
+@dg.multi_asset(
     group_name="training",
-    kinds={"duckdb", "pandas"},
-    deps=[dg.AssetKey("prediction_batches")],
+    outs={
+        "students": dg.AssetOut(
+            kinds={"duckdb", "pandas"},
+            description="The curated file plus the labelled production rows that survive screening.",
+        ),
+        "feedback_quarantine": dg.AssetOut(
+            dagster_type=dg.Nothing,
+            kinds={"duckdb"},
+            description="Production rows kept out of training, each with its reason (trust screening).",
+        ),
+        "feedback_screening": dg.AssetOut(
+            dagster_type=dg.Nothing,
+            kinds={"duckdb"},
+            description="Per client and day: outcomes reported, quarantined and the implausible share.",
+        ),
+    },
+    deps=["labelled_production"],
     check_specs=[
         dg.AssetCheckSpec(
             PLAUSIBILITY_CHECK,
@@ -138,6 +203,14 @@ def students(
     production = _production_rows(warehouse)
     screened, biases, counts = screen_production(base, production, thresholds)
     _store(warehouse, screened.quarantined, counts)
+    yield dg.Output(
+        None,
+        "feedback_quarantine",
+        metadata={"dagster/row_count": len(screened.quarantined), "table": QUARANTINE},
+    )
+    yield dg.Output(
+        None, "feedback_screening", metadata={"dagster/row_count": len(counts), "table": SCREENING}
+    )
     parts = [base]
     if len(screened.kept):
         parts.append(dataset.clean_students(screened.kept, PRODUCTION_SOURCE))
@@ -152,6 +225,7 @@ def students(
     )
     yield dg.Output(
         table,
+        "students",
         metadata={
             "dagster/row_count": len(table),
             "rows_by_source": dg.MetadataValue.json({str(k): int(v) for k, v in sources.items()}),

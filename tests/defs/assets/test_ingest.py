@@ -13,6 +13,7 @@ import pytest
 from exampass_pipeline.contract import predlog
 from exampass_pipeline.contract.settings import Settings
 from exampass_pipeline.definitions import materializable
+from exampass_pipeline.defs.jobs import STUDENTS
 from exampass_pipeline.defs.resources import build_resources
 
 DAY = date(2026, 11, 20)
@@ -107,7 +108,7 @@ def test_labelled_production_rows_join_the_student_table(exampass_home: Settings
         ingest(instance, exampass_home)
         result = dg.materialize(
             materializable(),
-            selection=["raw_students", "students"],
+            selection=STUDENTS,
             instance=instance,
             resources=build_resources(exampass_home),
         )
@@ -133,7 +134,7 @@ def test_training_rows_name_their_source_and_client(exampass_home: Settings) -> 
     with dg.instance_for_test() as instance:
         ingest(instance, exampass_home)
         dg.materialize(
-            materializable(), selection=["raw_students", "students"], instance=instance,
+            materializable(), selection=STUDENTS, instance=instance,
             resources=build_resources(exampass_home),
         )  # fmt: skip
     with duckdb.connect(str(exampass_home.duckdb_path), read_only=True) as conn:
@@ -161,7 +162,7 @@ def test_an_older_warehouse_gains_the_new_columns_and_keeps_its_rows(exampass_ho
         )
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            materializable(), selection=["raw_students", "students"], instance=instance,
+            materializable(), selection=STUDENTS, instance=instance,
             resources=build_resources(exampass_home),
         )  # fmt: skip
         assert result.success

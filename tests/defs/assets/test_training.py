@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from exampass_pipeline.contract import registry, schema
 from exampass_pipeline.contract.settings import Settings
 from exampass_pipeline.definitions import materializable
-from exampass_pipeline.defs.jobs import TRAINING
+from exampass_pipeline.defs.jobs import STUDENTS, TRAINING
 from exampass_pipeline.defs.resources import build_resources
 
 
@@ -126,9 +126,7 @@ def test_bad_file_fails_and_keeps_the_previous_table(
 ) -> None:
     with dg.instance_for_test() as instance:
         resources = build_resources(exampass_home)
-        good = dg.materialize(
-            materializable(), selection=["raw_students", "students"], instance=instance, resources=resources
-        )
+        good = dg.materialize(materializable(), selection=STUDENTS, instance=instance, resources=resources)
         assert good.success
         bad_file = tmp_path / "bad.csv"
         bad_file.write_text(content)
@@ -136,7 +134,7 @@ def test_bad_file_fails_and_keeps_the_previous_table(
         bad_settings = Settings.from_env()
         result = dg.materialize(
             materializable(),
-            selection=["raw_students", "students"],
+            selection=STUDENTS,
             instance=instance,
             resources=build_resources(bad_settings),
             raise_on_error=False,
