@@ -227,6 +227,5 @@ class Guard:
 # What a route declares to be guarded and to learn its caller: ``client: FeedbackCaller``.
 PredictCaller = Annotated[Caller, Depends(Guard(PREDICT))]
 FeedbackCaller = Annotated[Caller, Depends(Guard(FEEDBACK))]
-AdminCaller = Annotated[Caller, Depends(Guard(ADMIN))]
 # The web page's predict routes: the same rule, and the key may also come from the session cookie.
 PageCaller = Annotated[Caller, Depends(Guard(PREDICT, cookie=True))]

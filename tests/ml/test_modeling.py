@@ -351,16 +351,6 @@ def test_without_maths_scores_the_score_model_steps_aside(splits: modeling.Split
     assert "training rows themselves" in picked.rule.fitted_on
 
 
-def test_choose_threshold_takes_the_middle_of_the_best_plateau() -> None:
-    rng = np.random.default_rng(0)
-    # Fails sit at p_pass 0.30-0.40 and passes at 0.60-0.95: every cut-off in (0.40, 0.60] is perfect.
-    p = np.concatenate([rng.uniform(0.30, 0.40, 40), rng.uniform(0.60, 0.95, 260)])
-    y = np.concatenate([np.zeros(40, bool), np.ones(260, bool)])
-    t = modeling.choose_threshold(y, p)
-    assert 0.45 <= t <= 0.55
-    assert modeling.classification_metrics(y, p, t)["f1_fail"] == 1.0
-
-
 def test_weak_set_scores_clearly_lower_than_default(
     selection: modeling.Selection, splits: modeling.Splits
 ) -> None:

@@ -1,4 +1,4 @@
-"""Candidates, selection, decision threshold and metrics: plain scikit-learn, no orchestrator.
+"""Candidates, selection and metrics: plain scikit-learn, no orchestrator.
 
 The training asset, the benchmark, monitoring and the tests all call these functions directly, so the rules
 for "how a model is chosen" and "how a model is scored" exist exactly once. Every model is an sklearn
@@ -14,9 +14,9 @@ compiles exactly those types into a fast array scorer, and skops loads them with
 
 The pieces are split by what changes together: ``splits`` (the seeded 70/10/20 cut and the label reader),
 ``candidates`` (pipelines, hyperparameters and training targets), ``metrics`` (how a model is scored),
-``threshold`` (the F1 cut-off rule and out-of-fold
-predictions), ``selection`` (the procedure that combines them), ``plots`` (the
-figures logged with a model version) and ``lineage`` (the training table's content hash). Callers import
+``out_of_fold`` (each training row scored by a model that did not see it), ``selection`` (the procedure
+that combines them), ``plots`` (the figures logged with a model version) and ``lineage`` (the training
+table's content hash). Callers import
 from ``exampass_pipeline.ml.modeling`` itself, which re-exports every public name, so moving code between the
 pieces never changes a caller.
 """
@@ -44,6 +44,7 @@ from exampass_pipeline.ml.modeling.metrics import (
     evaluate,
     pass_probability,
 )
+from exampass_pipeline.ml.modeling.out_of_fold import OOF_FOLDS, out_of_fold_pass_probability
 from exampass_pipeline.ml.modeling.plots import plot_confusion, plot_roc
 from exampass_pipeline.ml.modeling.selection import COMPARED_RULES, Selection, train_and_select
 from exampass_pipeline.ml.modeling.splits import (
@@ -54,15 +55,6 @@ from exampass_pipeline.ml.modeling.splits import (
     split_sizes,
     split_students,
 )
-from exampass_pipeline.ml.modeling.threshold import (
-    OOF_FOLDS,
-    PLATEAU_TOLERANCE,
-    SMOOTHING_WIDTH,
-    THRESHOLD_GRID,
-    choose_threshold,
-    f1_fail_curve,
-    out_of_fold_pass_probability,
-)
 
 __all__ = [
     "CANDIDATES",
@@ -72,21 +64,16 @@ __all__ = [
     "METRIC_NAMES",
     "N_ONE_HOT",
     "OOF_FOLDS",
-    "PLATEAU_TOLERANCE",
-    "SMOOTHING_WIDTH",
     "SOFT_LABEL_SCALE",
     "SOFT_WEIGHT_FLOOR",
     "TEST_FRACTION",
-    "THRESHOLD_GRID",
     "VALIDATION_FRACTION",
     "ScoreProbitClassifier",
     "Selection",
     "Splits",
     "build_candidates",
-    "choose_threshold",
     "classification_metrics",
     "evaluate",
-    "f1_fail_curve",
     "fit_pipeline",
     "fits_math_score",
     "label_array",

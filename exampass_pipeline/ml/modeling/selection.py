@@ -26,8 +26,8 @@ from exampass_pipeline.ml.modeling.candidates import (
     fits_math_score,
 )
 from exampass_pipeline.ml.modeling.metrics import classification_metrics, pass_probability
+from exampass_pipeline.ml.modeling.out_of_fold import OOF_FOLDS, out_of_fold_pass_probability
 from exampass_pipeline.ml.modeling.splits import _require_columns, label_array
-from exampass_pipeline.ml.modeling.threshold import OOF_FOLDS, out_of_fold_pass_probability
 
 # The decision rules compared for every version (expected figures on its reference sample, no labels):
 # the one served, and the alternatives the model card shows beside it.

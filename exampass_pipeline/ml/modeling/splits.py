@@ -78,7 +78,7 @@ def split_students(df: pd.DataFrame, seed: int = 42) -> Splits:
     """Cut a labelled student table into train/validation/test, stratified on pass_math and seeded.
 
     Sizes follow split_sizes(). Stratification is on the label because fails are only ~13 %: an unstratified
-    100-row validation set could hold 8 or 20 fails, which would move the tuned threshold and the selected
+    100-row validation set could hold 8 or 20 fails, which would move the fitted decision rule and the selected
     candidate for reasons that have nothing to do with the models. The split works on positions, so a
     non-unique index is harmless, and each part keeps the input's row order, index and extra columns
     (math_score, source, row ids...).
