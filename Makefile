@@ -42,7 +42,7 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 	umask 077; trap 'kill 0' EXIT; \
 	$(BIN)/exampass-api & \
 	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_URI)" --host 127.0.0.1 --port 5000 >/dev/null 2>&1 & \
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 train: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/exampass-train
@@ -94,6 +94,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
@@ -102,6 +103,7 @@ format: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Re-resolve every dependency to the newest versions pyproject.toml allows, then install them (see docs/development.md).

@@ -39,7 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.model_quality import DEFAULT_DATA, load_students  # noqa: E402
-from exampass_pipeline import drift, modeling, schema, synthetic  # noqa: E402
+from exampass_pipeline.contract import schema  # noqa: E402
+from exampass_pipeline.ml import modeling, synthetic  # noqa: E402
+from exampass_pipeline.monitoring import drift  # noqa: E402
 
 DATA = DEFAULT_DATA.resolve()
 SIZES = (50, 100, 300)

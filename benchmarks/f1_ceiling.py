@@ -40,7 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # runnable as a plain script from any directory
 
 from benchmarks.model_quality import DEFAULT_DATA, GOAL_F1_FAIL, load_students  # noqa: E402
-from exampass_pipeline import modeling, schema  # noqa: E402
+from exampass_pipeline.contract import schema  # noqa: E402
+from exampass_pipeline.ml import modeling  # noqa: E402
 
 REPEATS = 3
 FOLDS = 10

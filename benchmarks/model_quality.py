@@ -2,7 +2,7 @@
 
 Runs split_students -> train_and_select -> evaluate on 20 seeded stratified 70/10/20 splits of the real Kaggle
 file. For every split the chosen model is scored on that split's untouched 200-row test part and on two
-large samples of new students (the population checks: ``exampass_pipeline.synthetic``, and the same students
+large samples of new students (the population checks: ``exampass_pipeline.ml.synthetic``, and the same students
 with maths drawn from the file's least-squares fit plus its noise), under:
   * the served rule: a cut-off per lunch x gender x race/ethnicity group, equal expected fail recall;
   * the alternatives fitted for the same model: one cut-off for everybody; a cut-off per lunch x gender; a
@@ -40,7 +40,8 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # runnable as a plain script from any directory
 
-from exampass_pipeline import dataset, fairness, modeling, schema, synthetic  # noqa: E402
+from exampass_pipeline.contract import schema  # noqa: E402
+from exampass_pipeline.ml import dataset, fairness, modeling, synthetic  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data" / "StudentsPerformance.csv"
 GOAL_ROC_AUC = 0.972
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = runs.table(order)
     print(markdown_table(summary, args.seeds))
     print()
-    print(population_table(summary, "big", f"{args.big:,} new students from exampass_pipeline.synthetic"))
+    print(population_table(summary, "big", f"{args.big:,} new students from exampass_pipeline.ml.synthetic"))
     print()
     print(
         population_table(

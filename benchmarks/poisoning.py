@@ -46,10 +46,11 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # runnable as a plain script from any directory
 
-from exampass_api.keystore import create_key  # noqa: E402
-from exampass_pipeline import predlog, registry, schema, synthetic  # noqa: E402
-from exampass_pipeline.demo import ApiProcess  # noqa: E402
-from exampass_pipeline.simulate_api import inputs_of  # noqa: E402
+from exampass_api.core.keystore import create_key  # noqa: E402
+from exampass_pipeline.cli.demo import ApiProcess  # noqa: E402
+from exampass_pipeline.cli.simulate_api import inputs_of  # noqa: E402
+from exampass_pipeline.contract import predlog, registry, schema  # noqa: E402
+from exampass_pipeline.ml import synthetic  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data" / "StudentsPerformance.csv"
 GROUP = "group E"
@@ -145,7 +146,7 @@ class Bench:
         self._env(self.template)
         import dagster as dg
 
-        from exampass_pipeline.cli import materialize_training
+        from exampass_pipeline.cli.runs import materialize_training
 
         with dg.instance_for_test() as instance:
             result = materialize_training(instance, self._settings(), candidate_set=candidate_set)
@@ -166,7 +167,7 @@ class Bench:
         )
 
     def _settings(self) -> Any:
-        from exampass_pipeline.settings import Settings
+        from exampass_pipeline.contract.settings import Settings
 
         return Settings.from_env()
 
@@ -218,8 +219,8 @@ class Bench:
         import dagster as dg
         from mlflow import MlflowClient
 
-        from exampass_pipeline.cli import materialize_monitoring, materialize_training
-        from exampass_pipeline.jobs import RETRAIN
+        from exampass_pipeline.cli.runs import materialize_monitoring, materialize_training
+        from exampass_pipeline.defs.jobs import RETRAIN
 
         day = file_as_yesterday(settings.logs_dir)
         with dg.instance_for_test() as instance:

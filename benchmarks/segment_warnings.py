@@ -2,7 +2,7 @@
 
 A champion is trained the way the pipeline trains it (``train_and_select`` on the seed-42 split of the real
 Kaggle file, served rule on). Then ``--days`` ordinary days of ``--rows`` new students each are drawn from
-``exampass_pipeline.synthetic`` (the population the model was trained for; every student labelled), scored,
+``exampass_pipeline.ml.synthetic`` (the population the model was trained for; every student labelled), scored,
 and judged by ``segment_quality`` with its defaults, under three decisions:
 
 * the served rule (per lunch x gender x race/ethnicity cut-offs): an ordinary day, a warning is a false alarm;
@@ -31,8 +31,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.model_quality import DEFAULT_DATA, load_students, unaware_score_model  # noqa: E402
-from exampass_pipeline import fairness, modeling, quality, schema, synthetic  # noqa: E402
-from exampass_pipeline.settings import ThresholdValues  # noqa: E402
+from exampass_pipeline.contract import schema  # noqa: E402
+from exampass_pipeline.contract.settings import ThresholdValues  # noqa: E402
+from exampass_pipeline.ml import fairness, modeling, synthetic  # noqa: E402
+from exampass_pipeline.monitoring import quality  # noqa: E402
 
 GOAL_WARN_RATE = 0.05
 MIN_GAPS = (0.0, 0.05, 0.10, 0.15, 0.20)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exampass_pipeline.demo import free_port
+from exampass_pipeline.cli.demo import free_port  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # runnable as a plain script from any directory
@@ -211,8 +211,9 @@ def train_champion(home: Path, candidate_set: str) -> dict[str, Any]:
     from mlflow import MlflowClient
     from threadpoolctl import threadpool_limits
 
-    from exampass_pipeline import modeling, registry, schema
-    from exampass_pipeline.settings import Settings
+    from exampass_pipeline.contract import registry, schema
+    from exampass_pipeline.contract.settings import Settings
+    from exampass_pipeline.ml import modeling
 
     os.environ["EXAMPASS_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
@@ -294,7 +295,7 @@ def write_bodies(champion: dict[str, Any], work: Path) -> dict[str, Path]:
     import csv
     import io
 
-    from exampass_pipeline import schema
+    from exampass_pipeline.contract import schema
 
     bodies = {name: work / name for name in ("single.json", "batch.json", "batch.csv", "mlflow.json")}
     bodies["single.json"].write_text(json.dumps(STUDENT))
@@ -311,7 +312,7 @@ def write_bodies(champion: dict[str, Any], work: Path) -> dict[str, Path]:
 
 def run_servers(champion: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str, Result]:
     """Start every server, measure every target in interleaved rounds, stop them all."""
-    from exampass_api.keystore import create_key
+    from exampass_api.core.keystore import create_key
 
     home = work / "exampass"
     bodies = write_bodies(champion, work)

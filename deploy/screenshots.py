@@ -42,7 +42,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from exampass_pipeline.demo import WebhookReceiver, free_port
+from exampass_pipeline.cli.demo import WebhookReceiver, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -209,7 +209,7 @@ def shoot_report(page: Any, html: Path, out: Path) -> Path:
 
 
 def shoot_mlflow(page: Any, base: str, out: Path, version: str) -> Path:
-    from exampass_pipeline import schema
+    from exampass_pipeline.contract import schema
 
     page.goto(f"{base}/#/models/{schema.MODEL_NAME}/versions/{version}")
     page.get_by_text(re.compile(rf"Version {version}\b")).first.wait_for()
@@ -316,8 +316,8 @@ def shoot_everything(
     """Train, simulate and monitor, then photograph Dagster, Evidently, MLflow and the page."""
     _, last = prepare(home, env, inbox)
     os.environ.update(env)  # this process reads the registry below
-    from exampass_pipeline import registry
-    from exampass_pipeline.settings import Settings
+    from exampass_pipeline.contract import registry
+    from exampass_pipeline.contract.settings import Settings
 
     settings = Settings.from_env()
     registry.configure(settings)

@@ -13,8 +13,8 @@ import argparse
 import copy
 from collections.abc import Sequence
 
-from exampass_api.keystore import KeyStoreError, read_store
-from exampass_pipeline.settings import Settings, SettingsError
+from exampass_api.core.keystore import KeyStoreError, read_store
+from exampass_pipeline.contract.settings import Settings
 
 
 def _log_config(level: str) -> dict[str, object]:
@@ -29,10 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(prog="exampass-api", description="Serve the ExamPass champion model.")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:  # a malformed EXAMPASS_* variable, named in the message
-        parser.error(str(exc))
+    settings = Settings.for_command(parser)
     parser.add_argument("--host", default=settings.api_host, help="default: EXAMPASS_API_HOST or 127.0.0.1")
     parser.add_argument(
         "--port", type=int, default=settings.api_port, help="default: EXAMPASS_API_PORT or 8000"

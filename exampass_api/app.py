@@ -13,28 +13,29 @@ Routes live in ``exampass_api.routes`` and only translate HTTP to calls on ``Pre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from exampass_api.auth import Access, Guard
-from exampass_api.errors import on_validation_error
-from exampass_api.keystore import KeyRing
-from exampass_api.model_store import ModelStore
-from exampass_api.page import STATIC_DIR
+from exampass_api.core.errors import on_validation_error
+from exampass_api.core.keystore import KeyRing
+from exampass_api.core.routing import ApiRoute
+from exampass_api.core.security import Access, Guard
 from exampass_api.routes import feedback, ops, page, predict
-from exampass_api.routing import ApiRoute, api_routes
 from exampass_api.schemas import BatchIn
-from exampass_api.service import PredictionService
-from exampass_pipeline import schema
-from exampass_pipeline.predlog import PredictionLog
-from exampass_pipeline.settings import Settings, restrict_new_files
+from exampass_api.services.model_store import ModelStore
+from exampass_api.services.prediction import PredictionService
+from exampass_api.web.page import STATIC_DIR
+from exampass_pipeline.contract import schema
+from exampass_pipeline.contract.predlog import PredictionLog
+from exampass_pipeline.contract.settings import Settings, restrict_new_files
 
 DESCRIPTION = (
     "Predicts whether a student passes the maths exam (math score >= 50) from five background fields and the "
@@ -42,6 +43,17 @@ DESCRIPTION = (
     "Every answered prediction is appended to the prediction log that monitoring reads; report the real "
     "outcome with POST /feedback (an API key with the `feedback` scope: `exampass-apikey create`)."
 )
+
+
+# Every router of the service: the app includes these, and the OpenAPI pass below walks their routes (FastAPI
+# keeps included routers behind an internal wrapper in ``app.routes``; the routers' own lists are public).
+ROUTERS: tuple[APIRouter, ...] = (predict.router, feedback.router, ops.router, page.router)
+
+
+def api_routes() -> Iterator[APIRoute]:
+    """Every route the service answers, from its routers (ExamPass includes them without a prefix)."""
+    for router in ROUTERS:
+        yield from (route for route in router.routes if isinstance(route, APIRoute))
 
 
 def create_app(
@@ -83,8 +95,8 @@ def create_app(
     app.state.service = PredictionService(predlog, store)
     app.state.access = access
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    for module in (predict, feedback, ops, page):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -104,7 +116,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             schemas.setdefault(name, definition)
         schemas["BatchIn"] = batch
         components["securitySchemes"] = {"HTTPBearer": BEARER_SCHEME}
-        for route in api_routes(app.routes):
+        for route in api_routes():
             if any(isinstance(d.call, Guard) for d in route.dependant.dependencies):
                 for method in route.methods or ():
                     operation = doc["paths"].get(route.path_format, {}).get(method.lower())

@@ -12,8 +12,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from exampass_api.model_store import Bundle
-from exampass_api.service import PredictionService
+from exampass_api.core.security import Access
+from exampass_api.services.model_store import Bundle, ModelStore
+from exampass_api.services.prediction import PredictionService
 
 
 async def get_bundle(request: Request) -> Bundle:
@@ -23,3 +24,25 @@ async def get_bundle(request: Request) -> Bundle:
 
 
 Served = Annotated[Bundle, Depends(get_bundle)]
+
+
+class Health:
+    """What the service depends on beyond the loaded model, as /ready reports it."""
+
+    def __init__(self, store: ModelStore, access: Access) -> None:
+        self.store = store
+        self.access = access
+
+    def parts(self) -> dict[str, str]:
+        self.access.keyring.refresh()
+        problem = self.access.keyring.problem
+        key_store = "ok" if problem is None else f"{problem}; the last good keys stay in force"
+        registry = self.store.registry_problem
+        return {"registry": registry or "ok", "key_store": key_store}
+
+
+async def get_status(request: Request) -> Health:
+    return Health(request.app.state.store, request.app.state.access)
+
+
+Status = Annotated[Health, Depends(get_status)]

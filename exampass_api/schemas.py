@@ -1,4 +1,4 @@
-"""Request and response models of the prediction service, generated from ``exampass_pipeline.schema``.
+"""Request and response models of the prediction service, generated from ``exampass_pipeline.contract.schema``.
 
 The category types are built from ``schema.CATEGORIES`` rather than typed out again, so a category can only be
 renamed in one place and the API, the pipeline and the prediction log can never disagree on a spelling.
@@ -17,7 +17,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
-from exampass_pipeline import schema
+from exampass_pipeline.contract import schema
 
 MAX_BATCH: Final = 1000
 # A student object is under 250 bytes even pretty-printed; 2 kB each leaves room for any formatting while
@@ -210,10 +210,21 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "model_version": "3"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ready", "model_version": "3", "registry": "ok", "key_store": "ok"}]
+        }
+    )
 
     status: Literal["ready"]
     model_version: str
+    registry: str = Field(
+        description="'ok', or why the last check of the MLflow registry failed; the loaded model keeps serving "
+        "and a version promoted meanwhile is picked up once the registry answers again."
+    )
+    key_store: str = Field(
+        description="'ok', or why the API key store cannot be read; the last good keys stay in force."
+    )
 
 
 class ExplanationInfo(BaseModel):

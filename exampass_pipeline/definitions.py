@@ -1,62 +1,53 @@
-"""The ExamPass code location: the only place where assets, checks, jobs, sensors and resources meet."""
+"""The ExamPass code location: the ``defs/`` folder, loaded the way Dagster documents it, bound to resources.
+
+``dg dev``, ``dg check defs``, ``dagster dev`` and the gRPC code server all load ``defs`` below. Tests, the
+CLIs and benchmarks call ``build_defs(settings)`` for a home of their own: the same definitions, with the
+resources built from those settings instead of the process environment.
+"""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 
-from exampass_pipeline.assets.evaluation import model_evaluation
-from exampass_pipeline.assets.ingest import prediction_batches, raw_students
-from exampass_pipeline.assets.monitoring import drift_report, quality_report
-from exampass_pipeline.assets.students import students
-from exampass_pipeline.assets.training import pass_classifier, splits
-from exampass_pipeline.checks import (
-    splits_disjoint_and_sized,
-    students_min_rows,
-    students_no_nulls,
-    students_pass_rate,
-    students_schema,
-    trusted_set_is_curated,
-)
-from exampass_pipeline.jobs import monitoring_job, retrain_job, training_job
-from exampass_pipeline.resources import build_resources
-from exampass_pipeline.schedules import nightly_monitoring
-from exampass_pipeline.sensors import retrain_on_failed_checks
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.contract.settings import Settings
+from exampass_pipeline.defs.resources import build_resources
 
-ASSETS = [
-    raw_students,
-    students,
-    splits,
-    pass_classifier,
-    model_evaluation,
-    prediction_batches,
-    drift_report,
-    quality_report,
-]
-ASSET_CHECKS = [
-    students_schema,
-    students_no_nulls,
-    students_min_rows,
-    students_pass_rate,
-    splits_disjoint_and_sized,
-    trusted_set_is_curated,
-]
+PROJECT = Path(__file__).parent
+
+
+@functools.cache
+def folder() -> dg.Definitions:
+    """What the ``defs/`` folder defines, loaded once per process; its resources are replaced below."""
+    return dg.load_from_defs_folder(path_within_project=PROJECT)
+
+
+def materializable() -> list[Any]:
+    """Every asset and asset check, as ``dg.materialize`` takes them (the CLIs and tests)."""
+    defs = folder()
+    return [*(defs.assets or ()), *(defs.asset_checks or ())]
 
 
 def build_defs(settings: Settings | None = None) -> dg.Definitions:
-    """Definitions for one settings object; the module-level `defs` uses the process environment.
+    """Every asset, check, job, schedule and sensor of ``defs/``, with the resources of ``settings``.
 
     Runs execute in process: every asset writes the one DuckDB file, which admits a single writer process.
     """
+    folder_defs = folder()
     return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=ASSET_CHECKS,
-        jobs=[training_job, retrain_job, monitoring_job],
-        schedules=[nightly_monitoring],
-        sensors=[retrain_on_failed_checks],
+        assets=folder_defs.assets,
+        asset_checks=folder_defs.asset_checks,
+        jobs=folder_defs.jobs,
+        schedules=folder_defs.schedules,
+        sensors=folder_defs.sensors,
         resources=build_resources(settings),
         executor=dg.in_process_executor,
     )
 
 
-defs = build_defs()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs()

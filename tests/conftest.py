@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from support import data_csv, data_description, point_at_home, require_real_csv
 
-from exampass_pipeline import dataset
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.contract.settings import Settings
+from exampass_pipeline.ml import dataset
 
 
 def pytest_report_header() -> str:
@@ -56,7 +56,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory, data_file: Path) -> 
     """
     import dagster as dg
 
-    from exampass_pipeline.cli import materialize_training
+    from exampass_pipeline.cli.runs import materialize_training
 
     home = tmp_path_factory.mktemp("trained") / "exampass"
     with pytest.MonkeyPatch.context() as mp:
@@ -82,7 +82,8 @@ def monitoring_home(
 @pytest.fixture
 def write_days(monitoring_home: Settings) -> Callable[[list[date], str, int], None]:
     """Write labelled history for ``days`` through the simulator, scored by the shared champion."""
-    from exampass_pipeline import registry, simulate
+    from exampass_pipeline.cli import simulate
+    from exampass_pipeline.contract import registry
 
     def write(days: list[date], scenario: str, seed: int) -> None:
         registry.configure(monitoring_home)

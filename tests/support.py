@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import pytest
 
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.contract.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The student the page tests (TestClient and Chromium) enter: near the pass line, so the answer has reasons.
@@ -78,13 +78,14 @@ def data_csv() -> Path:
     """The data every data-driven test uses: the real file, else a seeded synthetic sample in Kaggle format.
 
     Under CI the real file is required, so CI keeps testing on real data; a fresh clone without it still gets
-    a passing suite on students from exampass_pipeline/synthetic.py (the pytest header says which).
+    a passing suite on students from exampass_pipeline/ml/synthetic.py (the pytest header says which).
     """
     if REAL_CSV is not None:
         return REAL_CSV
     if in_ci():
         pytest.fail("CI=true: the Kaggle file is required (EXAMPASS_DATA, data/ or ../shared/data/)")
-    from exampass_pipeline import schema, synthetic
+    from exampass_pipeline.contract import schema
+    from exampass_pipeline.ml import synthetic
 
     frame = synthetic.sample(SYNTHETIC_ROWS, seed=SYNTHETIC_SEED)[list(schema.COLUMNS)]
     published = {ours: theirs for theirs, ours in schema.KAGGLE_HEADER.items()}
@@ -114,7 +115,7 @@ def load_script(relative: str) -> ModuleType:
 
 def settings_variables() -> tuple[str, ...]:
     """Every variable ExamPass reads (the Settings model is the only reader), so a test can clear them all."""
-    from exampass_pipeline.settings import env_var
+    from exampass_pipeline.contract.settings import env_var
 
     return tuple(env_var(name, field) for name, field in Settings.model_fields.items())
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from support import load_script
 
-from exampass_pipeline import schema
+from exampass_pipeline.contract import schema
 
 
 @pytest.fixture(scope="module")

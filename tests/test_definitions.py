@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 from support import REPO_ROOT
 
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.contract.settings import Settings
 
 EXPECTED_ASSETS = {
     "raw_students",
@@ -24,6 +24,10 @@ EXPECTED_ASSETS = {
     "drift_report",
     "quality_report",
     "trusted_set",
+    "labelled_production",
+    "feedback_quarantine",
+    "feedback_screening",
+    "alerts",
 }
 
 
@@ -39,6 +43,20 @@ def test_workspace_yaml_loads_the_code_location(exampass_home: Settings) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exampass" in result.stdout + result.stderr
+
+
+def test_dg_check_defs_loads_the_project(exampass_home: Settings) -> None:
+    """Dagster's project CLI finds the code location through [tool.dg] and definitions.py on top of defs/."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
 def test_definitions_wire_every_asset_check_job_sensor_and_schedule(exampass_home: Settings) -> None:
@@ -61,7 +79,8 @@ def test_definitions_wire_every_asset_check_job_sensor_and_schedule(exampass_hom
         "trusted_set_is_curated",
         "feedback_plausibility",
     } == check_names
-    assert {j for j in ("training_job", "retrain_job", "monitoring_job") if defs.resolve_job_def(j)}
+    jobs = {job.name for job in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
+    assert jobs == {"training_job", "retrain_job", "monitoring_job"}
     sensor = defs.resolve_sensor_def("retrain_on_failed_checks")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("nightly_monitoring").cron_schedule == "15 2 * * *"

@@ -17,10 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from exampass_api.app import create_app
-from exampass_api.keystore import create_key
-from exampass_pipeline import registry, simulate
-from exampass_pipeline.cli import materialize_monitoring, materialize_training
-from exampass_pipeline.settings import Settings
+from exampass_api.core.keystore import create_key
+from exampass_pipeline.cli import simulate
+from exampass_pipeline.cli.runs import materialize_monitoring, materialize_training
+from exampass_pipeline.contract import registry
+from exampass_pipeline.contract.settings import Settings
 
 
 @pytest.fixture

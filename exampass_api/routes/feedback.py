@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from exampass_api.auth import FeedbackCaller
-from exampass_api.errors import ERRORS, UNAUTHORIZED
-from exampass_api.routing import ApiRoute
+from exampass_api.core.errors import ERRORS, UNAUTHORIZED
+from exampass_api.core.routing import ApiRoute
+from exampass_api.core.security import FeedbackCaller
 from exampass_api.schemas import FeedbackIn, FeedbackOut
-from exampass_pipeline import schema
+from exampass_pipeline.contract import schema
 
 router = APIRouter(tags=["predictions"], route_class=ApiRoute)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, Response
 
-from exampass_api.deps import Served
-from exampass_api.errors import NO_MODEL
-from exampass_api.responses import JSONBytes
-from exampass_api.routing import ApiRoute
+from exampass_api.core.errors import NO_MODEL
+from exampass_api.core.responses import JSONBytes
+from exampass_api.core.routing import ApiRoute
+from exampass_api.deps import Served, Status
 from exampass_api.schemas import HealthOut, MessageOut, ModelOut, ReadyOut
 
 router = APIRouter(tags=["operations"], route_class=ApiRoute)
@@ -21,9 +21,13 @@ async def health() -> JSONBytes:
 
 
 @router.get("/ready", response_model=ReadyOut, responses=NO_MODEL, summary="Readiness")
-async def ready(bundle: Served) -> JSONResponse:
-    """200 once a champion model is loaded and being served, 503 until then."""
-    return JSONResponse({"status": "ready", "model_version": bundle.version})
+async def ready(bundle: Served, status: Status) -> JSONResponse:
+    """200 once a champion model is loaded and being served, 503 until then.
+
+    Ready means "can answer": an unreachable registry or an unreadable key store does not take a serving API
+    out of a load balancer, but the body says so, for the person looking.
+    """
+    return JSONResponse({"status": "ready", "model_version": bundle.version, **status.parts()})
 
 
 @router.get("/model", response_model=ModelOut, responses=NO_MODEL, summary="The model being served")

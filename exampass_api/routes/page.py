@@ -1,4 +1,4 @@
-"""The web page for people: ``GET /`` and the forms it posts. The work is done in ``exampass_api.page``.
+"""The web page for people: ``GET /`` and the forms it posts. The work is done in ``exampass_api.web.page``.
 
 Not part of the JSON API, so not in the OpenAPI schema. The predict forms are guarded like /predict
 (``PageCaller``: public unless EXAMPASS_PUBLIC_PREDICT=false, and then the key may come from the session
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from exampass_api import page
-from exampass_api.auth import PageCaller
+from exampass_api.core.security import PageCaller
+from exampass_api.web import page
 
 router = APIRouter(route_class=page.PageRoute, include_in_schema=False)
 

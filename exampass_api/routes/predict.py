@@ -7,8 +7,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from exampass_api.auth import PredictCaller
-from exampass_api.errors import (
+from exampass_api.core.errors import (
     CSV_ERRORS,
     ERRORS,
     JSON,
@@ -19,11 +18,18 @@ from exampass_api.errors import (
     invalid,
     roster_refused,
 )
-from exampass_api.responses import CSV_EXAMPLE_IN, CSV_EXAMPLE_OUT, CsvBytes, JSONBytes, read_limited
-from exampass_api.roster import MAX_ROSTER, MAX_ROSTER_BYTES, RosterRejected, parse_roster, scored_csv
-from exampass_api.routing import ApiRoute, CsvRoute
+from exampass_api.core.responses import CSV_EXAMPLE_IN, CSV_EXAMPLE_OUT, CsvBytes, JSONBytes, read_limited
+from exampass_api.core.routing import ApiRoute, CsvRoute
+from exampass_api.core.security import PredictCaller
 from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, MAX_STUDENT_BYTES, BatchOut, PredictionOut
-from exampass_api.service import BodyErrors, PayloadTooLarge, parse_batch, parse_student
+from exampass_api.services.prediction import BodyErrors, PayloadTooLarge, parse_batch, parse_student
+from exampass_api.services.roster import (
+    MAX_ROSTER,
+    MAX_ROSTER_BYTES,
+    RosterRejected,
+    parse_roster,
+    scored_csv,
+)
 
 router = APIRouter(tags=["predictions"], route_class=ApiRoute)
 

@@ -60,7 +60,7 @@ from exampass_api.scorer.fallback import PipelineScorer
 from exampass_api.scorer.forest import Forest, ForestScorer
 from exampass_api.scorer.linear import LinearScorer
 from exampass_api.scorer.score import ScoreScorer
-from exampass_pipeline import registry
+from exampass_pipeline.contract import registry
 
 __all__ = [
     "CATEGORICAL",
@@ -99,8 +99,7 @@ def _compile_unchecked(pipeline: Any) -> Scorer:
     Raises UnsupportedPipeline for any shape it does not reduce, which ``compile_pipeline`` turns into the
     plain-Pipeline fallback rather than an error.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.tree import DecisionTreeClassifier
@@ -115,7 +114,7 @@ def _compile_unchecked(pipeline: Any) -> Scorer:
         if np.asarray(estimator.coef_).shape[0] != 1:
             raise UnsupportedPipeline("multinomial logistic regression")
         return LinearScorer(design, estimator)
-    if isinstance(estimator, RandomForestClassifier | ForestClassifier | DecisionTreeClassifier):
+    if isinstance(estimator, RandomForestClassifier | ExtraTreesClassifier | DecisionTreeClassifier):
         return ForestScorer(design, estimator)
     if isinstance(estimator, HistGradientBoostingClassifier):
         return BoostingScorer(design, estimator)

@@ -25,7 +25,7 @@ from exampass_api.scorer.encoding import (
     _logit,
     decode_frame,
 )
-from exampass_pipeline import schema
+from exampass_pipeline.contract import schema
 
 
 class PipelineScorer(Scorer):

@@ -28,7 +28,7 @@ from exampass_api.scorer.encoding import (
     UnsupportedPipeline,
     _expit,
 )
-from exampass_pipeline import schema
+from exampass_pipeline.contract import schema
 
 
 class LinearScorer(Scorer):

@@ -27,11 +27,12 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from support import REPO_ROOT, STATE_VARS
 
-from exampass_api.keystore import create_key
-from exampass_pipeline import modeling, registry
-from exampass_pipeline.decision import DecisionRule
-from exampass_pipeline.demo import free_port
-from exampass_pipeline.settings import Settings
+from exampass_api.core.keystore import create_key
+from exampass_pipeline.cli.demo import free_port
+from exampass_pipeline.contract import registry
+from exampass_pipeline.contract.decision import DecisionRule
+from exampass_pipeline.contract.settings import Settings
+from exampass_pipeline.ml import modeling
 
 ALL_CANDIDATES = tuple(modeling.CANDIDATES)
 CHAMPION_THRESHOLD = 0.6

@@ -26,7 +26,8 @@ from fastapi.testclient import TestClient
 from threadpoolctl import threadpool_limits
 
 from exampass_api.app import create_app
-from exampass_pipeline import modeling, schema
+from exampass_pipeline.contract import schema
+from exampass_pipeline.ml import modeling
 
 
 @pytest.fixture(scope="session")

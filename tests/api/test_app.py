@@ -16,12 +16,12 @@ from api_support import Registry, new_home, prediction_lines, use_home
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from exampass_api.app import create_app
-from exampass_api.keystore import create_key
-from exampass_api.model_store import NO_CHAMPION
-from exampass_api.routing import ApiRoute, api_routes
+from exampass_api.app import api_routes, create_app
+from exampass_api.core.keystore import create_key
+from exampass_api.core.routing import ApiRoute
 from exampass_api.schemas import MAX_BATCH, MAX_STUDENT_BYTES
-from exampass_pipeline import predlog, registry, schema
+from exampass_api.services.model_store import NO_CHAMPION
+from exampass_pipeline.contract import predlog, registry, schema
 
 FEATURES = list(schema.FEATURES)
 STUDENT: dict[str, Any] = {
@@ -42,7 +42,7 @@ def served(
     """The app on the session registry, with its own logs dir and key store, so lines belong to this module.
 
     The anonymous limit is raised: this module sends a few hundred requests from one address to test what a
-    prediction answers, and test_auth.py tests the limits themselves.
+    prediction answers, and test_security.py tests the limits themselves.
     """
     logs = tmp_path_factory.mktemp("testclient-logs")
     keys = logs.parent / "api_keys.json"
@@ -133,7 +133,7 @@ def test_routes_that_read_their_own_body_skip_fastapis_handler(client: TestClien
     """The hot routes take only (request, caller): ApiRoute calls them directly after the guard."""
     direct = {
         (route.path, method)
-        for route in api_routes(client.app.routes)  # type: ignore[attr-defined]
+        for route in api_routes()
         if isinstance(route, ApiRoute) and route._direct_call() is not None
         for method in route.methods
     }
@@ -427,7 +427,12 @@ def test_health_ready_and_model_describe_the_champion(
     client: TestClient, api_registry: Registry, champion: registry.LoadedModel
 ) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"status": "ready", "model_version": champion.version}
+    assert client.get("/ready").json() == {
+        "status": "ready",
+        "model_version": champion.version,
+        "registry": "ok",
+        "key_store": "ok",
+    }
     model = client.get("/model").json()
     with use_home(api_registry.settings.home):
         version = MlflowClient().get_model_version(schema.MODEL_NAME, champion.version)

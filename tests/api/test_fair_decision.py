@@ -15,10 +15,11 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from exampass_api.app import create_app
-from exampass_api.model_store import Bundle
 from exampass_api.routes.ops import NO_CARD
 from exampass_api.scorer import compile_pipeline, encode
-from exampass_pipeline import fairness, modeling, registry, schema, synthetic
+from exampass_api.services.model_store import Bundle
+from exampass_pipeline.contract import registry, schema
+from exampass_pipeline.ml import fairness, modeling, synthetic
 
 CARD = "# Model card: test\n\nIntended use: a test.\n"
 

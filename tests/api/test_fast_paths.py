@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from exampass_api.schemas import StudentIn
 from exampass_api.scorer import encode
-from exampass_api.service import (
+from exampass_api.services.prediction import (
     BodyErrors,
     CpuGate,
     encode_plain,
@@ -25,7 +25,7 @@ from exampass_api.service import (
     new_prediction_ids,
     parse_student,
 )
-from exampass_pipeline import predlog, schema
+from exampass_pipeline.contract import predlog, schema
 
 ODD_VALUES: list[Any] = [
     0, 100, 101, -1, 50, 72.0, 72.5, True, False, None, "72", "female", "Female", "group A ", "", [], {},

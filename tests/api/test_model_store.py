@@ -15,8 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from exampass_api.model_store import NO_CHAMPION, ModelStore
-from exampass_pipeline import registry, schema
+from exampass_api.services.model_store import NO_CHAMPION, ModelStore
+from exampass_pipeline.contract import registry, schema
 
 
 def _register_unservable(students: pd.DataFrame) -> str:

@@ -25,12 +25,12 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 from support import PAGE_STUDENT
 
-from exampass_api import reasons
 from exampass_api.app import create_app
-from exampass_api.auth import SESSION_COOKIE
-from exampass_api.keystore import create_key, revoke_key
-from exampass_api.roster import MAX_ROSTER
-from exampass_pipeline import schema
+from exampass_api.core.keystore import create_key, revoke_key
+from exampass_api.core.security import SESSION_COOKIE
+from exampass_api.services import reasons
+from exampass_api.services.roster import MAX_ROSTER
+from exampass_pipeline.contract import schema
 
 STUDENT = PAGE_STUDENT
 LABELS = reasons.LABELS

@@ -19,9 +19,9 @@ from api_support import OpenApp, prediction_lines
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies
 
-from exampass_api.keystore import create_key
-from exampass_api.roster import MAX_ROSTER, RESULT_COLUMNS
-from exampass_pipeline import schema
+from exampass_api.core.keystore import create_key
+from exampass_api.services.roster import MAX_ROSTER, RESULT_COLUMNS
+from exampass_pipeline.contract import schema
 
 KAGGLE = [k for k, v in schema.KAGGLE_HEADER.items() if v != schema.MATH_SCORE]
 SNAKE = list(schema.FEATURES)

@@ -17,7 +17,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from exampass_api import scorer as sc
-from exampass_pipeline import modeling, registry, schema
+from exampass_pipeline.contract import registry, schema
+from exampass_pipeline.ml import modeling
 
 FEATURES = list(schema.FEATURES)
 EXPECTED_KIND = {

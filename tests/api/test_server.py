@@ -1,8 +1,8 @@
 """The service as it runs: a real uvicorn process, real HTTP, concurrency, a hot swap and a SIGKILL.
 
-Starting a server and its first model load cost many seconds of imports, so the tests below share one server,
-in file order: it starts with no champion (first test), gets one, serves concurrent load, swaps to a new
-version under load, and is finally killed with SIGKILL (last test).
+Starting a server and its first model load cost many seconds of imports, so the tests that only need a serving
+API share one server, each promoting the version it needs first; the test that needs a server that never had a
+champion, and the one that kills its server with SIGKILL, get their own. No test depends on another's order.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,8 @@ import pytest
 from api_support import Registry, Server, clone_home, prediction_lines, run_server, use_home
 from mlflow import MlflowClient
 
-from exampass_api.model_store import NO_CHAMPION
-from exampass_pipeline import predlog, registry, schema
+from exampass_api.services.model_store import NO_CHAMPION
+from exampass_pipeline.contract import predlog, registry, schema
 
 STUDENT: dict[str, Any] = {
     "gender": "male",
@@ -81,8 +82,8 @@ class Live:
     v2: str
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, api_registry: Registry) -> Iterator[Live]:
+@contextmanager
+def _live(tmp_path_factory: pytest.TempPathFactory, api_registry: Registry) -> Iterator[Live]:
     """A server on a copy of the session registry with the alias removed: versions exist, none is champion."""
     home = clone_home(api_registry.settings.home, tmp_path_factory.mktemp("live"))
     with use_home(home) as settings:
@@ -94,6 +95,27 @@ def live(tmp_path_factory: pytest.TempPathFactory, api_registry: Registry) -> It
             yield Live(server, client, v1, v2)
 
 
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, api_registry: Registry) -> Iterator[Live]:
+    """One server shared by the tests that only need it serving: each promotes the version it needs first."""
+    with _live(tmp_path_factory, api_registry) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_live(tmp_path_factory: pytest.TempPathFactory, api_registry: Registry) -> Iterator[Live]:
+    """A server of its own, for the tests that need one that never had a champion, or that kill it."""
+    with _live(tmp_path_factory, api_registry) as server:
+        yield server
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def _champion(live: Live, version: str) -> None:
     registry.record_decision(live.client, version, True, "test")
     deadline = time.monotonic() + 60
@@ -102,7 +124,8 @@ def _champion(live: Live, version: str) -> None:
         time.sleep(0.1)
 
 
-def test_not_ready_until_a_champion_is_promoted(live: Live) -> None:
+def test_not_ready_until_a_champion_is_promoted(fresh_live: Live) -> None:
+    live = fresh_live
     url = live.server.url
     assert httpx.get(f"{url}/health").status_code == 200
     ready = httpx.get(f"{url}/ready")
@@ -148,12 +171,14 @@ def test_hot_swap_under_load_fails_nothing_and_changes_the_version(
     before = len(prediction_lines(logs))
     stop = threading.Event()
     workers, results = _load(live.server, records, threads=4, stop=stop)
-    time.sleep(0.5)
+    _wait(lambda: sum(r[2] == live.v1 for r in list(results)) >= 50, "answers from the old version")
     registry.record_decision(live.client, live.v2, True, "better")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(r[2] == live.v2 for r in list(results)):
-        time.sleep(0.1)
-    time.sleep(0.5)  # keep the load going after the swap
+    _wait(lambda: any(r[2] == live.v2 for r in list(results)), "the swap")
+    # Keep the load going after the swap, until every thread has been answered by the new version.
+    threads = {r[0] for r in list(results)}
+    _wait(
+        lambda: {r[0] for r in list(results) if r[2] == live.v2} >= threads, "every client on the new version"
+    )
     stop.set()
     for w in workers:
         w.join(timeout=30)
@@ -174,7 +199,9 @@ def test_hot_swap_under_load_fails_nothing_and_changes_the_version(
     assert all(logged[pid] == version for _, _, version, pid in results)
 
 
-def test_sigkill_mid_load_leaves_only_whole_lines(live: Live, records: list[dict[str, Any]]) -> None:
+def test_sigkill_mid_load_leaves_only_whole_lines(fresh_live: Live, records: list[dict[str, Any]]) -> None:
+    live = fresh_live
+    _champion(live, live.v1)
     server = live.server
     logs = server.logs_dir
     target = len(prediction_lines(logs)) + 1500

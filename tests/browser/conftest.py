@@ -27,7 +27,7 @@ import pytest
 from support import REPO_ROOT as REPO
 from support import STATE_VARS, data_csv, load_script, require
 
-from exampass_pipeline.demo import free_port
+from exampass_pipeline.cli.demo import free_port
 
 # Chromium's path and flags, and the readiness probe, are the screenshot tool's: one browser set-up.
 _SCREENSHOTS = load_script("deploy/screenshots.py")
@@ -224,8 +224,9 @@ def trained_home(
     import mlflow
     from mlflow import MlflowClient
 
-    from exampass_pipeline import modeling, registry, schema
-    from exampass_pipeline.settings import Settings
+    from exampass_pipeline.contract import registry, schema
+    from exampass_pipeline.contract.settings import Settings
+    from exampass_pipeline.ml import modeling
 
     home = tmp_path_factory.mktemp("trained") / "exampass"
     previous_uri = mlflow.get_tracking_uri()

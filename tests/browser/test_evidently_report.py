@@ -19,7 +19,9 @@ LOOPBACK = {"127.0.0.1", "localhost", ""}
 def test_drift_report_opens_and_shows_its_drift_table(
     tmp_path: Path, page: Any, data_file: Path, snap: Callable[..., Path]
 ) -> None:
-    from exampass_pipeline import dataset, reports, schema, synthetic
+    from exampass_pipeline.contract import schema
+    from exampass_pipeline.ml import dataset, synthetic
+    from exampass_pipeline.monitoring import reports
 
     reference = dataset.read_students_csv(data_file)[list(schema.FEATURES)]
     current = synthetic.sample(400, seed=11, scenario="lunch_shift")[list(schema.FEATURES)]

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from support import PAGE_STUDENT
 
-from exampass_pipeline import schema
+from exampass_pipeline.contract import schema
 
 LOOPBACK = {"127.0.0.1", "localhost"}
 STUDENT = PAGE_STUDENT
@@ -251,7 +251,7 @@ def test_a_roster_with_two_bad_rows_is_ranked_and_its_download_matches_the_batch
 def test_when_predict_is_private_the_page_asks_for_a_key_and_keeps_it_for_the_session(
     start_api: Callable[..., Api], page: Any, outside: list[str]
 ) -> None:
-    from exampass_api.keystore import create_key
+    from exampass_api.core.keystore import create_key
 
     api = start_api(EXAMPASS_PUBLIC_PREDICT="false")
     token = create_key(api.keys, "head-of-maths", ["predict"])

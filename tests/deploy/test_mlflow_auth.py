@@ -31,8 +31,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from support import REPO_ROOT
 
-from exampass_pipeline import mlflow_auth, modeling, registry, schema, synthetic
-from exampass_pipeline.demo import free_port
+from exampass_pipeline.cli import mlflow_users
+from exampass_pipeline.cli.demo import free_port
+from exampass_pipeline.contract import registry, schema
+from exampass_pipeline.ml import modeling, synthetic
 
 AUTH_INI = REPO_ROOT / "deploy" / "mlflow-basic-auth.ini"
 START_TIMEOUT_S = 180.0  # a cold start migrates two fresh sqlite stores: ~30 s on a busy 2-core box
@@ -427,7 +429,7 @@ def test_rerun_repairs_drift_and_rotates_passwords(
     )
     for name, value in users_env(server, rotated).items():
         env.setenv(name, value)
-    assert mlflow_auth.main([]) == 0
+    assert mlflow_users.main([]) == 0
     out = capsys.readouterr()
     assert "created" not in out.out
     assert out.out.count(": password set") == 2, out.out
@@ -488,7 +490,7 @@ def test_the_tool_refuses_unsafe_settings_before_any_request(
     else:
         monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit) as exited:
-        mlflow_auth.main([])
+        mlflow_users.main([])
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert why in err and variable in err, err

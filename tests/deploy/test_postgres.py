@@ -96,8 +96,10 @@ def test_deploy_instance_is_postgres_backed_with_the_local_run_limits(
 def test_training_and_a_monitoring_partition_run_on_postgres(pg_home: dict[str, str], pg_server: Any) -> None:
     import dagster as dg
 
-    from exampass_pipeline import cli, registry, schema, simulate
-    from exampass_pipeline.settings import Settings
+    from exampass_pipeline.cli import runs as cli
+    from exampass_pipeline.cli import simulate
+    from exampass_pipeline.contract import registry, schema
+    from exampass_pipeline.contract.settings import Settings
 
     # 1. Train with the operator's command, in its own process, exactly as `docker compose exec` would run it.
     train = subprocess.run(

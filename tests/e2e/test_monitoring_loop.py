@@ -11,9 +11,9 @@ from datetime import date
 
 from mlflow import MlflowClient
 
-from exampass_pipeline import registry, schema
-from exampass_pipeline.demo import run_story
-from exampass_pipeline.settings import Settings
+from exampass_pipeline.cli.demo import run_story
+from exampass_pipeline.contract import registry, schema
+from exampass_pipeline.contract.settings import Settings
 
 
 def test_drift_alert_retrain_and_hot_swap(exampass_home: Settings) -> None:
