@@ -113,3 +113,38 @@ lock-upgrade:
 
 clean:
 	rm -rf $(EXAMPASS_HOME)
+
+# ================================================================ the Compose stack (docs/deployment.md)
+# Everything between these rules lines belongs to the production stack; the logic is in deploy/stack.sh and
+# docker/standins/build.sh, the targets only call them. The stack's own variables (COMPOSE_PROJECT_NAME,
+# EXAMPASS_ENV_FILE, the *_PUBLISHED_PORT switches of .env.example, ...) pass through from the environment.
+.PHONY: stack-up stack-test stack-down stack-status stack-backup stack-restore stack-standins
+
+# Engine started if stopped, stand-in base images where no registry answers, .env with fresh secrets if there is
+# none, the image from uv.lock, every service up and healthy, the first champion trained and served.
+stack-up:
+	bash deploy/stack.sh up
+
+# Removes the containers; the volumes (models, history, keys, logs) stay.
+stack-down:
+	bash deploy/stack.sh down
+
+stack-status:
+	bash deploy/stack.sh status
+
+# The real stack test: its own Compose project on free ports, torn down with its volumes at the end.
+stack-test: install
+	$(BIN)/python -m pytest -q tests/deploy/test_stack.py
+
+# make stack-backup [ARCHIVE=backups/x.tar.gz]; make stack-restore ARCHIVE=backups/x.tar.gz [FORCE=1]
+stack-backup:
+	bash deploy/stack.sh backup $(ARCHIVE)
+
+stack-restore:
+	@test -n "$(ARCHIVE)" || { echo "usage: make stack-restore ARCHIVE=backups/exampass-....tar.gz [FORCE=1]" >&2; exit 2; }
+	bash deploy/stack.sh restore $(ARCHIVE) $(if $(FORCE),--force)
+
+# Only the stand-in base images (each built only if its name is neither present nor pullable).
+stack-standins:
+	bash docker/standins/build.sh
+# ============================================================ end of the Compose stack targets

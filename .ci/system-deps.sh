@@ -2,7 +2,9 @@
 # Install and start the system services the test suite needs, from Debian's packages only:
 #   - PostgreSQL (Dagster storage + MLflow backend store for tests/deploy/test_postgres.py), on loopback;
 #   - Chromium (headless browser driven by Playwright for tests/browser/, never a downloaded build);
-#   - docker-compose 1.29 (validates docker-compose.yml without a Docker engine).
+#   - docker-compose 1.29 (validates docker-compose.yml; drives the stack in tests/deploy/test_stack.py);
+#   - docker.io (the Docker engine, started here when it is not running) and mmdebstrap (builds the stand-in
+#     base images of docker/standins/ where no image registry answers, as on CI).
 # Idempotent: a second run installs nothing, restarts nothing that is up and only re-asserts the password.
 # Prints each thing it did; exits non-zero on any failure so .ci/run stops before the tests lie about it.
 #
@@ -38,6 +40,9 @@ declare -A WANT=(
     [postgresql]=/usr/bin/pg_ctlcluster
     [chromium]=/usr/bin/chromium
     [docker-compose]=/usr/bin/docker-compose
+    [docker.io]=/usr/sbin/dockerd
+    [mmdebstrap]=/usr/bin/mmdebstrap
+    [gpg]=/usr/bin/gpg
     [fonts-liberation]=/usr/share/fonts/truetype/liberation
 )
 missing=()
@@ -52,7 +57,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "apt-get update"
     $SUDO apt-get update -qq
     say "apt-get install ${missing[*]}"
-    # No recommends: docker-compose would otherwise pull docker.io (an engine we cannot run here anyway).
+    # No recommends: nothing here needs them (mmdebstrap runs in root mode; gpg is listed for its keyrings).
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
         >/tmp/exampass-apt-install.log 2>&1 || { tail -n 30 /tmp/exampass-apt-install.log >&2; die "apt-get install failed"; }
     say "installed: ${missing[*]}"
@@ -62,6 +67,27 @@ for pkg in "${!WANT[@]}"; do
 done
 say "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo 'version unknown')"
 say "docker-compose: $(/usr/bin/docker-compose version --short 2>/dev/null || echo 'version unknown')"
+
+# ------------------------------------------------------------------------------------------------ docker
+# The engine for tests/deploy/test_stack.py. A machine with systemd starts it as a service; a container or CI
+# box without an init gets dockerd in the background, its log in /var/log/exampass-dockerd.log.
+if docker info >/dev/null 2>&1; then
+    say "docker engine already running ($(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
+else
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        say "starting the docker service"
+        $SUDO systemctl start docker || die "systemctl start docker failed (journalctl -u docker)"
+    else
+        say "starting dockerd (log: /var/log/exampass-dockerd.log)"
+        $SUDO setsid dockerd >/var/log/exampass-dockerd.log 2>&1 </dev/null &
+    fi
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || { tail -n 30 /var/log/exampass-dockerd.log >&2 || true; die "dockerd did not come up within 60 s"; }
+    say "docker engine running ($(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?'))"
+fi
 
 # ---------------------------------------------------------------------------------------------- postgres
 PG_VERSION="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"

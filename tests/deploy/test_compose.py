@@ -1,7 +1,8 @@
 """What can be proven about the Docker Compose stack without a Docker engine.
 
-No engine runs on CI, so the image is never built here. Instead every claim the stack makes about the code is
-checked against the code: Compose's own validator accepts the file, every command parses with the real CLI
+tests/deploy/test_stack.py builds the image and runs the stack for real; this module needs no engine and runs
+in seconds, so it catches a broken file before that long test starts. Every claim the stack makes about the
+code is checked against the code: Compose's own validator accepts the file, every command parses with the real CLI
 of the installed entry point, and ports, paths and volumes agree with dagster.yaml, workspace.yaml, the
 Dockerfile and the API settings.
 """
@@ -27,9 +28,19 @@ import yaml
 # The `compose` fixture (tests/deploy/conftest.py): docker-compose with an explicit env file.
 Compose = Callable[..., subprocess.CompletedProcess[str]]
 
-EXAMPASS_SERVICES = {"mlflow", "mlflow-users", "dagster-code", "dagster-webserver", "dagster-daemon", "api"}
+EXAMPASS_SERVICES = {
+    "mlflow",
+    "mlflow-users",
+    "dagster-code",
+    "dagster-webserver",
+    "dagster-daemon",
+    "api",
+    "bootstrap",
+}
 # Run once and exit (restart "no", no health check): the services that need them wait for them to complete.
-ONE_SHOTS = {"mlflow-users"}
+ONE_SHOTS = {"mlflow-users", "bootstrap"}
+# One-shots that are a script of the image run by its Python, not a console script.
+IMAGE_SCRIPTS = {"bootstrap": "/opt/exampass/bootstrap.py"}
 ARCHITECTURE_PORTS = {"dagster-webserver": 3000, "api": 8000, "mlflow": 5000}
 # What .env.example must set (Compose refuses to start without them) and who may see each one.
 REQUIRED_SECRETS = {
@@ -80,8 +91,10 @@ def dockerfile_copies(instructions: list[tuple[str, str]]) -> dict[str, str]:
     for op, args in instructions:
         if op == "WORKDIR":
             workdir = workdir / args
-        if op != "COPY":
-            continue
+        if op == "FROM":
+            workdir = PurePosixPath("/")
+        if op != "COPY" or "--from=" in args:
+            continue  # COPY --from copies between stages, not from the repository
         parts = [p for p in shlex.split(args) if not p.startswith("--")]
         *sources, dest = parts
         for src in sources:
@@ -233,6 +246,12 @@ def test_every_command_is_a_real_entry_point_that_parses(
     declared_scripts = pyproject["project"]["scripts"]
     for name in sorted(EXAMPASS_SERVICES):
         prog, *args = compose_config["services"][name]["command"]
+        if name in IMAGE_SCRIPTS:
+            # `python /opt/exampass/x.py`: the script must be one the Dockerfile copies, and it must compile.
+            assert prog == "python" and args == [IMAGE_SCRIPTS[name]], name
+            assert IMAGE_SCRIPTS[name] in image_files, f"{name}: the image has no {IMAGE_SCRIPTS[name]}"
+            compile(image_files[IMAGE_SCRIPTS[name]].read_text(), IMAGE_SCRIPTS[name], "exec")
+            continue
         scripts = {ep.name: ep for ep in entry_points(group="console_scripts", name=prog)}
         assert prog in scripts, f"{name}: {prog!r} is not an installed console script"
         if prog.startswith("exampass"):
@@ -331,7 +350,7 @@ def test_only_the_api_is_published_beyond_loopback(compose_config: dict[str, Any
     }
     assert beyond_loopback == {"api"}
     unpublished = {name for name, ports in exposure.items() if not ports}
-    assert unpublished == {"postgres", "dagster-code", "dagster-daemon", "mlflow-users"}
+    assert unpublished == {"postgres", "dagster-code", "dagster-daemon", "mlflow-users", "bootstrap"}
 
 
 def test_each_binding_has_its_own_switch(compose: Compose) -> None:
@@ -475,7 +494,10 @@ def test_state_lives_on_named_volumes_shared_where_needed(compose_config: dict[s
         "reports",
         "prediction-logs",
         "dagster-storage",
+        "api-keys",
     }
+    # Keys made with `exampass-apikey` inside the api container must outlive the container.
+    assert volume_of(compose_config, "api", api.api_keys_file) == "api-keys"
 
 
 def test_mlflow_user_store_is_the_committed_policy_on_its_own_volume(
@@ -551,7 +573,8 @@ def test_secrets_come_from_the_environment_and_reach_only_who_needs_them(
         "MLFLOW_ADMIN_PASSWORD": {"mlflow", "mlflow-users"},
         "MLFLOW_FLASK_SERVER_SECRET_KEY": {"mlflow"},
         "MLFLOW_PIPELINE_PASSWORD": {"mlflow-users", "dagster-code"},
-        "MLFLOW_API_PASSWORD": {"mlflow-users", "api"},
+        # The bootstrap only looks for @champion, so it gets the API's READ-only login.
+        "MLFLOW_API_PASSWORD": {"mlflow-users", "api", "bootstrap"},
     }
     assert (
         ":postgres-password-s3cret-from-env@postgres:"
@@ -585,6 +608,7 @@ def test_services_log_in_to_mlflow_as_the_users_the_one_shot_creates(
     }
     assert logins["dagster-code"] == (users.pipeline_username, users.pipeline_password.get_secret_value())
     assert logins["api"] == (users.api_username, users.api_password.get_secret_value())
+    assert logins["bootstrap"] == logins["api"], "the bootstrap reads MLflow as the READ-only API user"
     assert logins["mlflow-users"] == (users.admin_username, users.admin_password.get_secret_value())
     assert service_env(config, "mlflow")["MLFLOW_AUTH_ADMIN_USERNAME"] == users.admin_username
     for name in ("dagster-webserver", "dagster-daemon", "postgres", "mlflow"):
@@ -592,7 +616,7 @@ def test_services_log_in_to_mlflow_as_the_users_the_one_shot_creates(
 
     assert services["mlflow-users"]["restart"] == "no"
     assert services["mlflow-users"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    for name in ("dagster-code", "api"):
+    for name in ("dagster-code", "api", "bootstrap"):
         condition = services[name]["depends_on"]["mlflow-users"]["condition"]
         assert condition == "service_completed_successfully", name
 
@@ -601,8 +625,12 @@ def test_services_log_in_to_mlflow_as_the_users_the_one_shot_creates(
 def test_dockerfile_is_one_python_as_non_root(
     docker: list[tuple[str, str]], image_files: dict[str, Path], repo: Path
 ) -> None:
-    (base,) = [args for op, args in docker if op == "FROM"]
-    assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim-\w+|python:3\.\d+-slim(-\w+)?", base), base
+    bases = [args for op, args in docker if op == "FROM"]
+    assert bases[1:-1] == ["deps AS builder"], "dependencies, then the project on top, then the final stage"
+    assert bases[0].endswith(" AS deps"), bases[0]
+    final = bases[-1]
+    assert final == bases[0].removesuffix(" AS deps"), "the build and the final stage start from one image"
+    assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim-\w+|python:3\.\d+-slim(-\w+)?", final), final
     version = dockerfile_args(docker)["PYTHON_VERSION"]
     assert version == f"{sys.version_info.major}.{sys.version_info.minor}", (
         "image and CI should run one Python"
@@ -662,12 +690,17 @@ def test_dockerfile_installs_exactly_the_lock(
         extras = [argv[i + 1] for i, a in enumerate(argv) if a == "--extra"]
         assert sorted(extras) == ["auth", "deploy"], argv
         assert "--all-extras" not in argv
-    assert "--no-install-project" in deps and "--no-editable" in code
+    assert "--no-install-project" in deps and "--no-editable" not in code, (
+        "the project is installed editable: Dagster's load_from_defs_folder needs pyproject.toml above it"
+    )
+    assert not any(re.search(r"rm -rf[^&]*exampass_(pipeline|api)", run) for run in runs), (
+        "the source tree is what the editable install points at; it must stay in the image"
+    )
     for extra in ("auth", "deploy"):
         assert extra in pyproject["project"]["optional-dependencies"], extra
 
     # The same command, on a copy of what the Dockerfile copied before it, against the real uv.lock.
-    for name in ("pyproject.toml", "uv.lock", "README.md"):
+    for name in ("pyproject.toml", "uv.lock"):
         (tmp_path / name).write_bytes((repo / name).read_bytes())
     uv = Path(sys.executable).with_name("uv")
     done = subprocess.run(
@@ -723,7 +756,7 @@ def dockerignore_regex(pattern: str) -> re.Pattern[str]:
 def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: dict[str, Path]) -> None:
     rules = [
         (line.startswith("!"), dockerignore_regex(line.lstrip("!").strip()))
-        for line in (repo / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+        for line in (repo / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
 
@@ -746,9 +779,9 @@ def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: di
         assert files, src
         for path in files:
             rel = path.relative_to(repo).as_posix()
-            assert not ignored(rel), (
-                f"{rel} is copied by the Dockerfile but excluded by Dockerfile.dockerignore"
-            )
+            if rel.startswith("docker/build-ca/") and not rel.endswith((".crt", "/.keep")):
+                continue  # the folder's README is left out on purpose (asserted below)
+            assert not ignored(rel), f"{rel} is copied by the Dockerfile but excluded by .dockerignore"
     for never in (
         ".venv/bin/python",
         ".exampass/warehouse.duckdb",
@@ -758,6 +791,42 @@ def test_dockerignore_lets_every_copied_file_through(repo: Path, image_files: di
     ):
         assert ignored(never), f"{never} would be sent to the Docker daemon"
     assert ignored("exampass_pipeline/__pycache__/schema.cpython-311.pyc")
+    assert ignored("exampass.egg-info/PKG-INFO")
+    # The build machine's extra CAs must reach the builder stage (deploy/stack.sh puts them there).
+    assert not ignored("docker/build-ca/extra-1-proxy.crt")
+    assert not ignored("docker/build-ca/.keep"), "the folder must reach the builder even without a CA"
+    # Copied before `uv sync`: a file there that changes would reinstall every dependency.
+    assert ignored("docker/build-ca/README.md")
+    # BuildKit would prefer a Dockerfile-specific ignore file and the legacy builder never reads one: with
+    # both, the two builders would send different contexts.
+    assert not (repo / "docker" / "Dockerfile.dockerignore").exists()
+
+
+def test_build_ca_reaches_only_the_builder_stage(docker: list[tuple[str, str]], repo: Path) -> None:
+    """The extra CAs are copied into the build stages; the final stage takes only what KEEP_BUILD_CA left."""
+    stages: list[list[tuple[str, str]]] = []
+    for op, args in docker:
+        if op == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((op, args))
+    deps, _, final = stages
+    assert any(op == "COPY" and args.startswith("docker/build-ca/") for op, args in deps)
+    assert not any(op == "COPY" and "build-ca" in args and "--from=" not in args for op, args in final)
+    from_stages = {
+        tuple(args.split()[:2]) for op, args in final if op == "COPY" and args.startswith("--from=")
+    }
+    assert from_stages == {
+        ("--from=deps", "/opt/runtime-ca/"),
+        ("--from=deps", "/opt/venv"),  # the dependencies: a layer that changes only with uv.lock
+        ("--from=builder", "/opt/project-layer/"),
+        ("--from=builder", "/opt/exampass"),
+    }
+    assert "ARG KEEP_BUILD_CA=false" in "\n".join(f"{op} {a}" for op, a in deps)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "docker/build-ca/extra-1-proxy.crt"], cwd=repo, check=False
+    )
+    assert ignored.returncode == 0, "the copied CA certificates must be git-ignored"
 
 
 def test_image_paths_match_the_compose_paths(
