@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from exampass_api.schemas import EXPLANATION_TOP_K, MAX_BATCH, BatchIn, StudentIn
 from exampass_api.scorer import CODES, FEATURES, encode, top_contributions
 from exampass_api.scorer.encoding import FloatArray, IndexArray
+from exampass_api.services.advice import advise
 from exampass_api.services.model_store import Bundle, ModelStore
 from exampass_pipeline.contract import schema
 from exampass_pipeline.contract.predlog import PredictionLog
@@ -272,15 +273,16 @@ class PredictionService:
         self.predlog.log_prediction(
             record, proba, predicted, bundle.version, prediction_id=prediction_id, client=client
         )
-        return orjson.dumps(
-            {
-                "prediction_id": prediction_id,
-                "pass_probability": proba,
-                "predicted_pass": predicted,
-                "model_version": bundle.version,
-                "explanation": top_contributions(record, contributions, self.top_k),
-            }
-        )
+        answer = {
+            "prediction_id": prediction_id,
+            "pass_probability": proba,
+            "predicted_pass": predicted,
+            "model_version": bundle.version,
+            "explanation": top_contributions(record, contributions, self.top_k),
+        }
+        if not predicted:
+            answer["advice"] = advise(bundle, record)
+        return orjson.dumps(answer)
 
     def score(
         self,

@@ -1,0 +1,162 @@
+"""What would change the verdict: the smallest changes a school can make that turn a flag into a pass.
+
+Only three inputs are things a school can act on: the test preparation course (enrol the student) and, with
+tutoring, the reading and writing scores. Gender, race/ethnicity, parental education and lunch are never
+changed here, so they can never appear as advice (``ACTIONABLE`` is the whole vocabulary, and a test checks
+every category of every other feature).
+
+Exact, for any model family: every candidate value (each reading score above the student's, each writing
+score, each equal rise of both, with and without the course) is scored in one array call, the smallest value
+whose decision is a pass is taken, and that student is then re-scored through ``explain_one`` and
+``threshold_for``, the very calls ``/predict`` makes, so the probability returned is bit-for-bit what
+``/predict`` answers for the changed student. Forests are not monotone in a score, so no closed form or
+bisection is assumed: a full grid of at most 601 rows is cheap next to the request itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from exampass_api.scorer import encode
+from exampass_api.services.model_store import Bundle
+from exampass_pipeline.contract import schema
+
+COURSE: Final = schema.TEST_PREP
+COURSE_DONE: Final = "completed"
+READING, WRITING = schema.NUMERIC_FEATURES
+ACTIONABLE: Final = (COURSE, READING, WRITING)
+
+NOTHING_PASSES: Final = (
+    "No change to the test preparation course or the reading and writing scores within "
+    f"{schema.SCORE_MIN}-{schema.SCORE_MAX} turns this prediction into a pass."
+)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """One kind of option: which scores rise with ``d`` and whether the course is completed too."""
+
+    name: str
+    raises: tuple[str, ...]
+    course: bool
+
+
+def _families(record: Mapping[str, Any]) -> list[_Family]:
+    with_course = record[COURSE] != COURSE_DONE
+    families = []
+    for course in (False, True) if with_course else (False,):
+        families += [
+            _Family("reading" + ("+course" if course else ""), (READING,), course),
+            _Family("writing" + ("+course" if course else ""), (WRITING,), course),
+            _Family("both" + ("+course" if course else ""), (READING, WRITING), course),
+        ]
+    return families
+
+
+def _changed(record: Mapping[str, Any], family: _Family, rise: int) -> dict[str, Any]:
+    student = dict(record)
+    for feature in family.raises:
+        student[feature] = int(record[feature]) + rise
+    if family.course:
+        student[COURSE] = COURSE_DONE
+    return student
+
+
+def _passes(bundle: Bundle, student: Mapping[str, Any]) -> tuple[float, bool]:
+    """The probability and verdict exactly as /predict computes them for ``student``."""
+    proba, _ = bundle.scorer.explain_one(student)
+    return proba, bool(proba >= bundle.threshold_for(student))
+
+
+def _option(bundle: Bundle, record: Mapping[str, Any], student: Mapping[str, Any]) -> dict[str, Any]:
+    proba, predicted = _passes(bundle, student)
+    change = {f: student[f] for f in ACTIONABLE if student[f] != record[f]}
+    points = sum(int(student[f]) - int(record[f]) for f in schema.NUMERIC_FEATURES)
+    return {"change": change, "pass_probability": proba, "predicted_pass": predicted, "points": points}
+
+
+def _smallest_rise(bundle: Bundle, record: Mapping[str, Any], family: _Family, passing: np.ndarray) -> int | None:
+    """The smallest rise whose changed student passes by /predict's own calls, or None.
+
+    The grid's verdicts (``passing``, from the batch scorer) find the candidate; the one-row path confirms it,
+    and a rise the grid rejected one below is re-checked, so a last-bit difference between numpy's and the
+    pure-Python sum at the cut-off can never make the answer wrong or not minimal.
+    """
+    for index in np.flatnonzero(passing).tolist():
+        rise = index + 1
+        if not _passes(bundle, _changed(record, family, rise))[1]:
+            continue
+        while rise > 1 and _passes(bundle, _changed(record, family, rise - 1))[1]:
+            rise -= 1
+        return int(rise)
+    return None
+
+
+def advise(bundle: Bundle, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Options that turn a flagged student into a pass, smallest first within each kind.
+
+    The options: completing the course alone (when not completed); the smallest reading score, the smallest
+    writing score and the smallest equal rise of both, each alone and with the course. A kind with no passing
+    value in range is left out; when none passes, ``options`` is empty and ``note`` says so. ``cheapest`` is
+    the option with the fewest score points added (the course counts as none), fewer changed inputs first.
+    """
+    options: list[dict[str, Any]] = []
+    if record[COURSE] != COURSE_DONE:
+        course_only = _option(bundle, record, {**record, COURSE: COURSE_DONE})
+        if course_only["predicted_pass"]:
+            options.append(course_only)
+    families = _families(record)
+    rows: list[dict[str, Any]] = []
+    spans: list[int] = []
+    for family in families:
+        top = min(schema.SCORE_MAX - int(record[f]) for f in family.raises)
+        spans.append(top)
+        rows += [_changed(record, family, rise) for rise in range(1, top + 1)]
+    if rows:
+        codes, nums = encode(rows)
+        verdicts = bundle.scorer.predict_proba(codes, nums) >= bundle.thresholds(codes)
+        start = 0
+        for family, span in zip(families, spans, strict=True):
+            rise = _smallest_rise(bundle, record, family, verdicts[start : start + span])
+            start += span
+            if rise is not None:
+                options.append(_option(bundle, record, _changed(record, family, rise)))
+    if not options:
+        return {"options": [], "cheapest": None, "note": NOTHING_PASSES}
+    cheapest = min(range(len(options)), key=lambda i: (options[i]["points"], len(options[i]["change"])))
+    return {"options": options, "cheapest": cheapest, "note": None}
+
+
+def sentence(option: Mapping[str, Any], record: Mapping[str, Any]) -> str:
+    """One option in a teacher's words: "A reading score of 64 (now 58) and completing the course would ..."."""
+    change = option["change"]
+    parts = []
+    scores = [f for f in schema.NUMERIC_FEATURES if f in change]
+    if len(scores) == 2 and change[READING] - record[READING] == change[WRITING] - record[WRITING]:
+        rise = change[READING] - record[READING]
+        parts.append(
+            f"raising both reading and writing by {rise} points (to {change[READING]} and {change[WRITING]})"
+        )
+    else:
+        for feature in scores:
+            label = feature.split("_")[0]
+            parts.append(f"a {label} score of {change[feature]} (now {record[feature]})")
+    if COURSE in change:
+        parts.append("completing the test preparation course")
+    text = " and ".join(parts)
+    percent = round(100 * option["pass_probability"])
+    verdict = "pass" if option["predicted_pass"] else "still flagged"
+    return f"{text[0].upper()}{text[1:]} would raise the chance to {percent} % ({verdict})."
+
+
+def cheapest_sentence(advice: Mapping[str, Any] | None, record: Mapping[str, Any]) -> str:
+    """The roster's one-column summary: the cheapest option in words, or the stated "nothing passes"."""
+    if advice is None:
+        return ""
+    if advice["cheapest"] is None:
+        return str(advice["note"])
+    return sentence(advice["options"][advice["cheapest"]], record)
