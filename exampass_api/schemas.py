@@ -164,8 +164,12 @@ class Advice(BaseModel):
 
 _EXAMPLE_ADVICE: Final[dict[str, Any]] = {
     "options": [
-        {"change": {"test_preparation_course": "completed"}, "pass_probability": 0.62, "predicted_pass": True,
-         "points": 0},
+        {
+            "change": {"test_preparation_course": "completed"},
+            "pass_probability": 0.62,
+            "predicted_pass": True,
+            "points": 0,
+        },
         {"change": {"reading_score": 64}, "pass_probability": 0.5512, "predicted_pass": True, "points": 6},
     ],
     "cheapest": 0,

@@ -79,7 +79,9 @@ def _option(bundle: Bundle, record: Mapping[str, Any], student: Mapping[str, Any
     return {"change": change, "pass_probability": proba, "predicted_pass": predicted, "points": points}
 
 
-def _smallest_rise(bundle: Bundle, record: Mapping[str, Any], family: _Family, passing: np.ndarray) -> int | None:
+def _smallest_rise(
+    bundle: Bundle, record: Mapping[str, Any], family: _Family, passing: np.ndarray
+) -> int | None:
     """The smallest rise whose changed student passes by /predict's own calls, or None.
 
     The grid's verdicts (``passing``, from the batch scorer) find the candidate; the one-row path confirms it,

@@ -36,6 +36,7 @@ from exampass_api.core.responses import read_limited
 from exampass_api.core.routing import FormRoute, Handler
 from exampass_api.core.security import PREDICT, SESSION_COOKIE, Access, Refused, checked_token
 from exampass_api.services import reasons
+from exampass_api.services.advice import advise, sentence
 from exampass_api.services.model_store import Bundle, ModelStore
 from exampass_api.services.prediction import PayloadTooLarge, PredictionService, Scored
 from exampass_api.services.roster import (
@@ -112,6 +113,7 @@ class Answer:
     sentence: str
     chart: reasons.Chart
     prediction_id: str
+    advice: list[str] = field(default_factory=list)  # what would change the verdict, in words (flagged only)
 
 
 @dataclass(frozen=True)
@@ -200,8 +202,12 @@ def render(
     return response
 
 
-def answer(record: Mapping[str, Any], scored: Scored) -> Answer:
+def answer(record: Mapping[str, Any], scored: Scored, bundle: Bundle) -> Answer:
     contributions = scored.contributions[0].tolist()
+    advice: list[str] = []
+    if not scored.decisions[0]:
+        found = advise(bundle, record)
+        advice = [sentence(o, record) for o in found["options"]] or [found["note"]]
     return Answer(
         percent=reasons.percent(scored.probabilities[0]),
         passes=scored.decisions[0],
@@ -209,6 +215,7 @@ def answer(record: Mapping[str, Any], scored: Scored) -> Answer:
         sentence=reasons.sentence(record, contributions),
         chart=reasons.chart(record, contributions),
         prediction_id=scored.prediction_ids[0],
+        advice=advice,
     )
 
 
@@ -328,7 +335,7 @@ async def predict_student(request: Request, client: str, service: PredictionServ
         view.notice = Notice("student", "No model is being served yet", store.unavailable_reason, 503)
         return render(request, view, 503)
     scored = await service.cpu.run(service.score, bundle, [record], client)
-    view.footer, view.answer = footer(bundle), answer(record, scored)
+    view.footer, view.answer = footer(bundle), answer(record, scored, bundle)
     return render(request, view)
 
 
@@ -359,7 +366,7 @@ def _scored_roster(
     service: PredictionService, bundle: Bundle, roster: Roster, client: str, filename: str
 ) -> RosterView:
     scored = score_valid_rows(service, bundle, roster, client)
-    return roster_view(roster, scored, to_csv(roster, scored), filename)
+    return roster_view(roster, scored, to_csv(roster, scored, bundle), filename)
 
 
 # ------------------------------------------------------------------------------------------------ refusals

@@ -107,7 +107,9 @@ def test_other_model_families_get_the_smallest_passing_value_by_brute_force(
 
 
 def test_advice_never_names_gender_race_parental_education_or_lunch(bundles: dict[str, Bundle]) -> None:
-    grid = itertools.product(*(schema.CATEGORIES[f] for f in schema.CATEGORICAL_FEATURES), [(18, 22), (45, 40)])
+    grid = itertools.product(
+        *(schema.CATEGORIES[f] for f in schema.CATEGORICAL_FEATURES), [(18, 22), (45, 40)]
+    )
     students = [
         dict(zip(schema.CATEGORICAL_FEATURES, cats, strict=True))
         | dict(zip(schema.NUMERIC_FEATURES, scores, strict=True))
@@ -133,8 +135,12 @@ def test_when_nothing_in_range_passes_the_advice_says_so(
 ) -> None:
     with use_home(api_registry.settings.home) as settings:
         version = register(
-            settings, fitted["logistic_regression"], students, candidate="logistic_regression",
-            threshold=1.0, promote=False,
+            settings,
+            fitted["logistic_regression"],
+            students,
+            candidate="logistic_regression",
+            threshold=1.0,
+            promote=False,
         )
         client = MlflowClient()
         loaded = registry.load_version(client.get_model_version(schema.MODEL_NAME, version), client)
@@ -153,7 +159,11 @@ def test_only_a_flagged_student_gets_advice_and_the_log_line_is_unchanged(
     failing = next(s for s, a in zip(students, answers, strict=True) if not a["predicted_pass"])
     assert "advice" not in app.client.post("/predict", json=passing).json()
     assert app.client.post("/predict", json=failing).json()["advice"]["options"] is not None
-    lines = [json.loads(line) for path in sorted(app.logs.rglob("*.jsonl")) for line in path.read_bytes().splitlines()]
+    lines = [
+        json.loads(line)
+        for path in sorted(app.logs.rglob("*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
     singles = [line for line in lines if line["inputs"] in (passing, failing)][-2:]
     assert len(singles) == 2 and singles[0].keys() == singles[1].keys()
     assert not any("advice" in line for line in lines)
@@ -172,9 +182,14 @@ def test_the_sentence_says_the_change_and_the_chance() -> None:
     student = {schema.READING_SCORE: 58, schema.WRITING_SCORE: 60, COURSE: "none"}
     reading = {"change": {schema.READING_SCORE: 64}, "pass_probability": 0.5512, "predicted_pass": True}
     course = {"change": {COURSE: COURSE_DONE}, "pass_probability": 0.62, "predicted_pass": True}
-    both = {"change": {schema.READING_SCORE: 61, schema.WRITING_SCORE: 63}, "pass_probability": 0.5,
-            "predicted_pass": True}
-    assert sentence(reading, student) == "A reading score of 64 (now 58) would raise the chance to 55 % (pass)."
+    both = {
+        "change": {schema.READING_SCORE: 61, schema.WRITING_SCORE: 63},
+        "pass_probability": 0.5,
+        "predicted_pass": True,
+    }
+    assert (
+        sentence(reading, student) == "A reading score of 64 (now 58) would raise the chance to 55 % (pass)."
+    )
     assert sentence(course, student) == (
         "Completing the test preparation course would raise the chance to 62 % (pass)."
     )
