@@ -22,6 +22,7 @@ from typing import Any, Final
 import numpy as np
 
 from exampass_api.scorer import encode
+from exampass_api.services import reasons
 from exampass_api.services.model_store import Bundle
 from exampass_pipeline.contract import schema
 
@@ -150,9 +151,9 @@ def sentence(option: Mapping[str, Any], record: Mapping[str, Any]) -> str:
     if COURSE in change:
         parts.append("completing the test preparation course")
     text = " and ".join(parts)
-    percent = round(100 * option["pass_probability"])
     verdict = "pass" if option["predicted_pass"] else "still flagged"
-    return f"{text[0].upper()}{text[1:]} would raise the chance to {percent} % ({verdict})."
+    chance = reasons.percent(option["pass_probability"])
+    return f"{text[0].upper()}{text[1:]} would raise the chance to {chance} ({verdict})."
 
 
 def cheapest_sentence(advice: Mapping[str, Any] | None, record: Mapping[str, Any]) -> str:
