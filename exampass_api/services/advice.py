@@ -163,3 +163,10 @@ def cheapest_sentence(advice: Mapping[str, Any] | None, record: Mapping[str, Any
     if advice["cheapest"] is None:
         return str(advice["note"])
     return sentence(advice["options"][advice["cheapest"]], record)
+
+
+def sentences(advice: Mapping[str, Any] | None, record: Mapping[str, Any]) -> list[str]:
+    """The page's list: every option in words, or the stated "nothing passes"; nothing for no advice."""
+    if advice is None:
+        return []
+    return [sentence(option, record) for option in advice["options"]] or [str(advice["note"])]

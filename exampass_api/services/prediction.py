@@ -252,11 +252,18 @@ class CpuGate:
 class PredictionService:
     """Scores with whatever Bundle the caller captured, and logs through the shared PredictionLog."""
 
-    def __init__(self, predlog: PredictionLog, store: ModelStore, top_k: int = EXPLANATION_TOP_K) -> None:
+    def __init__(
+        self, predlog: PredictionLog, store: ModelStore, top_k: int = EXPLANATION_TOP_K, advice: bool = True
+    ) -> None:
         self.predlog = predlog
         self.store = store
         self.top_k = top_k
+        self.advice = advice
         self.cpu = CpuGate()
+
+    def advice_for(self, bundle: Bundle, record: Mapping[str, Any], passed: bool) -> dict[str, Any] | None:
+        """The one place that decides whether a student gets advice: flagged, and advice not switched off."""
+        return advise(bundle, record) if self.advice and not passed else None
 
     def bundle(self) -> Bundle:
         """The model this request is answered with, read once (a swap mid-request cannot mix versions);
@@ -280,8 +287,9 @@ class PredictionService:
             "model_version": bundle.version,
             "explanation": top_contributions(record, contributions, self.top_k),
         }
-        if not predicted:
-            answer["advice"] = advise(bundle, record)
+        advice = self.advice_for(bundle, record, predicted)
+        if advice is not None:
+            answer["advice"] = advice
         return orjson.dumps(answer)
 
     def score(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Final
@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from exampass_api.scorer import CODES
-from exampass_api.services.advice import advise, cheapest_sentence
+from exampass_api.services.advice import cheapest_sentence
 from exampass_api.services.model_store import Bundle
 from exampass_api.services.prediction import PredictionService, Scored
 from exampass_api.services.reasons import reason_texts
@@ -337,18 +337,18 @@ def probability_texts(probabilities: list[float]) -> list[str]:
     return [t if p == 0.0 or p >= 1e-4 else repr(p) for t, p in zip(texts, probabilities, strict=True)]
 
 
-def advice_texts(roster: Roster, scored: Scored, bundle: Bundle) -> list[str]:
+def advice_texts(service: PredictionService, roster: Roster, scored: Scored, bundle: Bundle) -> list[str]:
     """The ``advice`` column: the cheapest change that passes, in words, for each flagged row; empty otherwise.
 
     "Cheapest" is ``advice.advise``'s: the fewest score points added, the course counting as none.
     """
     return [
-        "" if passed else cheapest_sentence(advise(bundle, record), record)
+        cheapest_sentence(service.advice_for(bundle, record, passed), record)
         for record, passed in zip(roster.records, scored.decisions, strict=True)
     ]
 
 
-def answer_rows(roster: Roster, scored: Scored, bundle: Bundle) -> Iterator[list[str]]:
+def answer_rows(roster: Roster, scored: Scored, advice: Sequence[str]) -> Iterator[list[str]]:
     """The answer's header, then one row per data row in file order: kept columns, then RESULT_COLUMNS.
 
     A row whose model cells were spelled exactly as the schema spells them (the fast path of ``_read_rows``)
@@ -362,7 +362,6 @@ def answer_rows(roster: Roster, scored: Scored, bundle: Bundle) -> Iterator[list
     yield [neutralised(roster.header[i]) for i in kept] + list(RESULT_COLUMNS)
     position = {row: j for j, row in enumerate(roster.valid)}
     reasons = reason_texts(roster.records, scored.contributions, scored.order)
-    advice = advice_texts(roster, scored, bundle)
     probabilities, decisions, loose = probability_texts(scored.probabilities), scored.decisions, roster.loose
     for index, cells in enumerate(roster.rows):
         out = cells[:] if every else [cells[i] for i in kept]
@@ -376,7 +375,7 @@ def answer_rows(roster: Roster, scored: Scored, bundle: Bundle) -> Iterator[list
         yield out
 
 
-def to_csv(roster: Roster, scored: Scored, bundle: Bundle) -> bytes:
+def to_csv(roster: Roster, scored: Scored, advice: Sequence[str]) -> bytes:
     """The answer file, in the input's delimiter and with its byte-order mark if it had one.
 
     A row none of whose cells holds the delimiter, a quote or a line break needs no quoting, and is joined
@@ -388,7 +387,7 @@ def to_csv(roster: Roster, scored: Scored, bundle: Bundle) -> bytes:
         buffer.write(_BOM)
     delimiter = roster.delimiter
     writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n")
-    rows = answer_rows(roster, scored, bundle)
+    rows = answer_rows(roster, scored, advice)
     header = next(rows)
     writer.writerow(header)
     separators, write = len(header) - 1, buffer.write
@@ -410,4 +409,5 @@ def score_valid_rows(service: PredictionService, bundle: Bundle, roster: Roster,
 
 def scored_csv(service: PredictionService, bundle: Bundle, roster: Roster, client: str) -> bytes:
     """/predict/csv's answer: the roster scored, as a file. Blocking: the route runs it in the thread pool."""
-    return to_csv(roster, score_valid_rows(service, bundle, roster, client), bundle)
+    scored = score_valid_rows(service, bundle, roster, client)
+    return to_csv(roster, scored, advice_texts(service, roster, scored, bundle))

@@ -36,7 +36,7 @@ from exampass_api.core.responses import read_limited
 from exampass_api.core.routing import FormRoute, Handler
 from exampass_api.core.security import PREDICT, SESSION_COOKIE, Access, Refused, checked_token
 from exampass_api.services import reasons
-from exampass_api.services.advice import advise, sentence
+from exampass_api.services.advice import sentences
 from exampass_api.services.model_store import Bundle, ModelStore
 from exampass_api.services.prediction import PayloadTooLarge, PredictionService, Scored
 from exampass_api.services.roster import (
@@ -45,6 +45,7 @@ from exampass_api.services.roster import (
     CellError,
     Roster,
     RosterRejected,
+    advice_texts,
     cell_value,
     parse_roster,
     problems,
@@ -202,12 +203,8 @@ def render(
     return response
 
 
-def answer(record: Mapping[str, Any], scored: Scored, bundle: Bundle) -> Answer:
+def answer(record: Mapping[str, Any], scored: Scored, advice: Mapping[str, Any] | None) -> Answer:
     contributions = scored.contributions[0].tolist()
-    advice: list[str] = []
-    if not scored.decisions[0]:
-        found = advise(bundle, record)
-        advice = [sentence(o, record) for o in found["options"]] or [found["note"]]
     return Answer(
         percent=reasons.percent(scored.probabilities[0]),
         passes=scored.decisions[0],
@@ -215,7 +212,7 @@ def answer(record: Mapping[str, Any], scored: Scored, bundle: Bundle) -> Answer:
         sentence=reasons.sentence(record, contributions),
         chart=reasons.chart(record, contributions),
         prediction_id=scored.prediction_ids[0],
-        advice=advice,
+        advice=sentences(advice, record),
     )
 
 
@@ -335,7 +332,8 @@ async def predict_student(request: Request, client: str, service: PredictionServ
         view.notice = Notice("student", "No model is being served yet", store.unavailable_reason, 503)
         return render(request, view, 503)
     scored = await service.cpu.run(service.score, bundle, [record], client)
-    view.footer, view.answer = footer(bundle), answer(record, scored, bundle)
+    advice = await service.cpu.run(service.advice_for, bundle, record, scored.decisions[0])
+    view.footer, view.answer = footer(bundle), answer(record, scored, advice)
     return render(request, view)
 
 
@@ -366,7 +364,8 @@ def _scored_roster(
     service: PredictionService, bundle: Bundle, roster: Roster, client: str, filename: str
 ) -> RosterView:
     scored = score_valid_rows(service, bundle, roster, client)
-    return roster_view(roster, scored, to_csv(roster, scored, bundle), filename)
+    answer_file = to_csv(roster, scored, advice_texts(service, roster, scored, bundle))
+    return roster_view(roster, scored, answer_file, filename)
 
 
 # ------------------------------------------------------------------------------------------------ refusals

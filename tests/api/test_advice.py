@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 from collections.abc import Callable
@@ -167,6 +169,25 @@ def test_only_a_flagged_student_gets_advice_and_the_log_line_is_unchanged(
     singles = [line for line in lines if line["inputs"] in (passing, failing)][-2:]
     assert len(singles) == 2 and singles[0].keys() == singles[1].keys()
     assert not any("advice" in line for line in lines)
+
+
+def test_a_school_that_switches_advice_off_gets_none_anywhere(open_app: Callable[..., OpenApp]) -> None:
+    app = open_app(EXAMPASS_RATE_LIMIT_PUBLIC="1000000/minute", EXAMPASS_ADVICE="false")
+    students = _students(400, 12)
+    answers = app.client.post("/predict/batch", json={"students": students}).json()["predictions"]
+    failing = next(s for s, a in zip(students, answers, strict=True) if not a["predicted_pass"])
+    answer = app.client.post("/predict", json=failing).json()
+    assert answer["predicted_pass"] is False and "advice" not in answer
+    page = app.client.post("/page/predict", data={k: str(v) for k, v in failing.items()})
+    assert page.status_code == 200 and "At risk of failing." in page.text and 'id="advice"' not in page.text
+    header = ",".join(schema.FEATURES)
+    row = ",".join(str(failing[f]) for f in schema.FEATURES)
+    roster = app.client.post(
+        "/predict/csv", content=f"{header}\r\n{row}\r\n", headers={"content-type": "text/csv"}
+    )
+    assert roster.status_code == 200
+    cells = list(csv.DictReader(io.StringIO(roster.text)))
+    assert cells[0]["predicted_pass"] == "false" and cells[0]["advice"] == ""
 
 
 def test_openapi_documents_the_advice_field(open_app: Callable[..., OpenApp]) -> None:
