@@ -30,8 +30,6 @@ COURSE: Final = schema.TEST_PREP
 COURSE_DONE: Final = "completed"
 READING, WRITING = schema.NUMERIC_FEATURES
 ACTIONABLE: Final = (COURSE, READING, WRITING)
-# Rises searched together, stage by stage: small first (where most answers are), then wider.
-RISE_STAGES: Final = ((1, 8), (9, 32), (33, schema.SCORE_MAX))
 _COURSE_COLUMN: Final = schema.CATEGORICAL_FEATURES.index(COURSE)
 _COURSE_DONE_CODE: Final = CODES[COURSE][COURSE_DONE]
 
@@ -86,36 +84,34 @@ def _option(
     return {"change": change, "pass_probability": proba, "predicted_pass": predicted, "points": points}
 
 
-def _grid(
-    record: Mapping[str, Any], families: list[_Family], low: int, high: int
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The rises ``low``..``high`` of every family as the scorer's arrays, from the student's one encoded row.
+def _grid(record: Mapping[str, Any], families: list[_Family]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Every candidate of every family as the scorer's arrays, built from the student's one encoded row.
 
-    Built in numpy rather than as records through ``encode``: the same arrays (scores are whole numbers,
+    Built in numpy rather than as 600 records through ``encode``: the same arrays (scores are whole numbers,
     exact in float64), a tenth of the cost, which is what keeps advice inside twice /predict's p99.
     """
     base_codes, base_nums = encode([record])
     blocks_codes, blocks_nums, spans = [], [], []
     for family in families:
-        top = min(high, min(schema.SCORE_MAX - int(record[f]) for f in family.raises))
-        if top < low:
+        top = min(schema.SCORE_MAX - int(record[f]) for f in family.raises)
+        if top <= 0:
             spans.append(0)
             continue
-        rises = np.arange(low, top + 1, dtype=np.float64)[:, None]
+        rises = np.arange(1, top + 1, dtype=np.float64)[:, None]
         step = np.array([[1.0 if f in family.raises else 0.0 for f in schema.NUMERIC_FEATURES]])
-        block_codes = np.repeat(base_codes, len(rises), axis=0)
+        block_codes = np.repeat(base_codes, top, axis=0)
         if family.course:
             block_codes[:, _COURSE_COLUMN] = _COURSE_DONE_CODE
         blocks_codes.append(block_codes)
         blocks_nums.append(base_nums + rises * step)
-        spans.append(len(rises))
+        spans.append(top)
     if not blocks_codes:
         return base_codes[:0], base_nums[:0], spans
     return np.concatenate(blocks_codes), np.concatenate(blocks_nums), spans
 
 
 def _smallest_rise(
-    bundle: Bundle, record: Mapping[str, Any], family: _Family, passing: np.ndarray, low: int
+    bundle: Bundle, record: Mapping[str, Any], family: _Family, passing: np.ndarray
 ) -> dict[str, Any] | None:
     """The option of the smallest rise whose changed student passes by /predict's own calls, or None.
 
@@ -124,7 +120,7 @@ def _smallest_rise(
     pure-Python sum at the cut-off can never make the answer wrong or not minimal.
     """
     for index in np.flatnonzero(passing).tolist():
-        student = _changed(record, family, low + index)
+        student = _changed(record, family, index + 1)
         scored = _passes(bundle, student)
         if not scored[1]:
             continue
@@ -136,32 +132,6 @@ def _smallest_rise(
             student, scored = lower, below
         return _option(record, student, scored)
     return None
-
-
-def _smallest_rises(bundle: Bundle, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each family's smallest passing rise, searched in widening stages of rises.
-
-    Every rise below a family's answer is scored before it (stage by stage, in order), so the answer is the
-    smallest without assuming the model is monotone; most flagged students pass within the first stage,
-    which is a twelfth of the full grid.
-    """
-    found: dict[_Family, dict[str, Any]] = {}
-    unsolved = _families(record)
-    for low, high in RISE_STAGES:
-        codes, nums, spans = _grid(record, unsolved, low, high)
-        if not sum(spans):
-            break
-        verdicts = bundle.scorer.predict_proba(codes, nums) >= bundle.thresholds(codes)
-        start = 0
-        for family, span in zip(unsolved, spans, strict=True):
-            option = _smallest_rise(bundle, record, family, verdicts[start : start + span], low)
-            start += span
-            if option is not None:
-                found[family] = option
-        unsolved = [family for family in unsolved if family not in found]
-        if not unsolved:
-            break
-    return [found[family] for family in _families(record) if family in found]
 
 
 def advise(bundle: Bundle, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -178,7 +148,16 @@ def advise(bundle: Bundle, record: Mapping[str, Any]) -> dict[str, Any]:
         course_only = _option(record, course, _passes(bundle, course))
         if course_only["predicted_pass"]:
             options.append(course_only)
-    options += _smallest_rises(bundle, record)
+    families = _families(record)
+    codes, nums, spans = _grid(record, families)
+    if sum(spans):
+        verdicts = bundle.scorer.predict_proba(codes, nums) >= bundle.thresholds(codes)
+        start = 0
+        for family, span in zip(families, spans, strict=True):
+            option = _smallest_rise(bundle, record, family, verdicts[start : start + span])
+            start += span
+            if option is not None:
+                options.append(option)
     if not options:
         return {"options": [], "cheapest": None, "note": NOTHING_PASSES}
     cheapest = min(range(len(options)), key=lambda i: (options[i]["points"], len(options[i]["change"])))
