@@ -5,16 +5,19 @@ tutoring, the reading and writing scores. Gender, race/ethnicity, parental educa
 changed here, so they can never appear as advice (``ACTIONABLE`` is the whole vocabulary, and a test checks
 every category of every other feature).
 
-Exact, for any model family: every candidate value (each reading score above the student's, each writing
-score, each equal rise of both, with and without the course) is scored in one array call, the smallest value
-whose decision is a pass is taken, and that student is then re-scored through ``explain_one`` and
-``threshold_for``, the very calls ``/predict`` makes, so the probability returned is bit-for-bit what
-``/predict`` answers for the changed student. Forests are not monotone in a score, so no closed form or
-bisection is assumed: a full grid of at most 601 rows is cheap next to the request itself.
+Exact, for any model family, and every verdict returned is taken from ``explain_one`` and ``threshold_for``,
+the very calls ``/predict`` makes, so the probability is bit-for-bit what ``/predict`` answers for the changed
+student and one point less is checked to fail. How the candidate is found depends on the model:
+- linear scorers (the logistic and the score model, the champions so far): in closed form, since the linear
+  predictor rises by a fixed amount per point and the link is increasing (``_closed_form_rise``);
+- forests and boosting, which are not monotone in a score: every candidate value (each reading score above
+  the student's, each writing score, each equal rise of both, with and without the course) is scored in one
+  array call of at most 601 rows and each kind's first pass confirmed (``_grid_rises``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,6 +25,7 @@ from typing import Any, Final
 import numpy as np
 
 from exampass_api.scorer import CODES, encode
+from exampass_api.scorer.linear import LinearScorer
 from exampass_api.services import reasons
 from exampass_api.services.model_store import Bundle
 from exampass_pipeline.contract import schema
@@ -130,6 +134,62 @@ def _smallest_rise(
     return None
 
 
+def _headroom(record: Mapping[str, Any], family: _Family) -> int:
+    return min(schema.SCORE_MAX - int(record[f]) for f in family.raises)
+
+
+def _closed_form_rise(
+    bundle: Bundle, scorer: LinearScorer, record: Mapping[str, Any], family: _Family
+) -> dict[str, Any] | None:
+    """The smallest passing rise for a linear scorer: one division, then /predict's own calls at the edge.
+
+    The linear predictor rises by ``slope`` per point and the link is increasing, so the rise that reaches the
+    group cut-off is ``ceil((eta_cut - eta) / slope)``. That estimate is only a starting point: the verdict is
+    then taken from ``explain_one`` and ``threshold_for`` and the rise moved down while one point less still
+    passes, or up while it does not, so rounding at the cut-off can never make the answer wrong or not minimal.
+    """
+    top = _headroom(record, family)
+    if top < 1:
+        return None
+    start = _changed(record, family, 0)
+    slope = sum(scorer.score_slopes()[f] for f in family.raises)
+    rise = 1
+    if slope > 0:
+        need = scorer.linear_predictor_for(bundle.threshold_for(start)) - scorer.linear_predictor_one(start)
+        estimate = need / slope
+        rise = top if estimate > top else max(1, math.ceil(estimate)) if math.isfinite(estimate) else 1
+    student = _changed(record, family, rise)
+    scored = _passes(bundle, student)
+    while not scored[1] and slope > 0 and rise < top:
+        rise += 1
+        student = _changed(record, family, rise)
+        scored = _passes(bundle, student)
+    if not scored[1]:
+        return None
+    while rise > 1:
+        lower = _changed(record, family, rise - 1)
+        below = _passes(bundle, lower)
+        if not below[1]:
+            break
+        rise, student, scored = rise - 1, lower, below
+    return _option(record, student, scored)
+
+
+def _grid_rises(bundle: Bundle, record: Mapping[str, Any], families: list[_Family]) -> list[dict[str, Any]]:
+    """Any other model family: every candidate scored in one array call, each family's first pass confirmed."""
+    codes, nums, spans = _grid(record, families)
+    if not sum(spans):
+        return []
+    verdicts = bundle.scorer.predict_proba(codes, nums) >= bundle.thresholds(codes)
+    options, start = [], 0
+    for family, span in zip(families, spans, strict=True):
+        option = _smallest_rise(bundle, record, family, verdicts[start : start + span])
+        start += span
+        if option is not None:
+            options.append(option)
+    return options
+
+
 def advise(bundle: Bundle, record: Mapping[str, Any]) -> dict[str, Any]:
     """Options that turn a flagged student into a pass, smallest first within each kind.
 
@@ -145,15 +205,12 @@ def advise(bundle: Bundle, record: Mapping[str, Any]) -> dict[str, Any]:
         if course_only["predicted_pass"]:
             options.append(course_only)
     families = _families(record)
-    codes, nums, spans = _grid(record, families)
-    if sum(spans):
-        verdicts = bundle.scorer.predict_proba(codes, nums) >= bundle.thresholds(codes)
-        start = 0
-        for family, span in zip(families, spans, strict=True):
-            option = _smallest_rise(bundle, record, family, verdicts[start : start + span])
-            start += span
-            if option is not None:
-                options.append(option)
+    scorer = bundle.scorer
+    if isinstance(scorer, LinearScorer):
+        found = [_closed_form_rise(bundle, scorer, record, family) for family in families]
+        options += [option for option in found if option is not None]
+    else:
+        options += _grid_rises(bundle, record, families)
     if not options:
         return {"options": [], "cheapest": None, "note": NOTHING_PASSES}
     cheapest = min(range(len(options)), key=lambda i: (options[i]["points"], len(options[i]["change"])))

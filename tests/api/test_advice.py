@@ -14,7 +14,16 @@ from api_support import OpenApp, Registry, register, use_home
 from mlflow import MlflowClient
 
 from exampass_api.scorer import compile_pipeline
-from exampass_api.services.advice import ACTIONABLE, COURSE, COURSE_DONE, NOTHING_PASSES, advise, sentence
+from exampass_api.scorer.linear import LinearScorer
+from exampass_api.services.advice import (
+    ACTIONABLE,
+    COURSE,
+    COURSE_DONE,
+    NOTHING_PASSES,
+    READING,
+    advise,
+    sentence,
+)
 from exampass_api.services.model_store import Bundle
 from exampass_pipeline.contract import registry, schema
 from exampass_pipeline.ml import synthetic
@@ -215,3 +224,19 @@ def test_the_sentence_says_the_change_and_the_chance() -> None:
         "Completing the test preparation course would raise the chance to 62 % (pass)."
     )
     assert sentence(both, student).startswith("Raising both reading and writing by 3 points (to 61 and 63)")
+
+
+def test_a_linear_scorers_closed_form_agrees_with_its_own_probability(bundles: dict[str, Bundle]) -> None:
+    """The closed form's three pieces (predictor, slopes, inverse link) against explain_one's probability."""
+    for name in ("logistic_regression", "score_regression"):
+        scorer = bundles[name].scorer
+        assert isinstance(scorer, LinearScorer), name
+        for student in _students(200, 7):
+            proba, _ = scorer.explain_one(student)
+            eta = scorer.linear_predictor_one(student)
+            if 1e-9 < proba < 1 - 1e-9:
+                assert scorer.linear_predictor_for(proba) == pytest.approx(eta, rel=1e-6, abs=1e-6), name
+            raised = {**student, READING: min(schema.SCORE_MAX, student[READING] + 1)}
+            step = scorer.linear_predictor_one(raised) - eta
+            expected = scorer.score_slopes()[READING] * (raised[READING] - student[READING])
+            assert step == pytest.approx(expected, rel=1e-9, abs=1e-12), name
