@@ -12,7 +12,7 @@ export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformanc
 MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
 .PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift \
-	bench-segments bench-poisoning backfill screenshots system-deps lock-upgrade clean
+	bench-segments bench-poisoning bench-advice backfill screenshots system-deps lock-upgrade clean
 
 # Installs exactly what uv.lock pins (never resolves afresh). uv comes from PATH, else from the venv, else it is
 # bootstrapped from PyPI into the venv at the version the lock pins; uv never downloads a Python either.
@@ -62,7 +62,7 @@ demo: install
 	rm -rf $(CURDIR)/.exampass/demo
 	EXAMPASS_HOME=$(CURDIR)/.exampass/demo DAGSTER_HOME=$(CURDIR)/.exampass/demo/dagster $(BIN)/exampass-demo
 
-bench: bench-model bench-ceiling bench-serve bench-drift bench-segments bench-poisoning
+bench: bench-model bench-ceiling bench-serve bench-drift bench-segments bench-poisoning bench-advice
 
 bench-model: install
 	$(BIN)/python benchmarks/model_quality.py --files 10
@@ -81,6 +81,9 @@ bench-segments: install
 
 bench-poisoning: install
 	$(BIN)/python benchmarks/poisoning.py
+
+bench-advice: install
+	$(BIN)/python benchmarks/advice.py
 
 # README screenshots from a real run on a throw-away EXAMPASS_HOME (needs Chromium: make system-deps).
 screenshots: install

@@ -92,7 +92,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.predlog = predlog
-    app.state.service = PredictionService(predlog, store)
+    app.state.service = PredictionService(predlog, store, advice=settings.advice)
     app.state.access = access
     app.add_exception_handler(RequestValidationError, on_validation_error)
     for router in ROUTERS:

@@ -128,6 +128,55 @@ class Contribution(BaseModel):
     )
 
 
+class AdviceChange(BaseModel):
+    """The changed inputs only; never gender, race/ethnicity, parental education or lunch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test_preparation_course: Literal["completed"] | None = None
+    reading_score: int | None = Field(None, ge=schema.SCORE_MIN, le=schema.SCORE_MAX)
+    writing_score: int | None = Field(None, ge=schema.SCORE_MIN, le=schema.SCORE_MAX)
+
+
+class AdviceOption(BaseModel):
+    """One change that turns the served decision into a pass, and what /predict answers for the changed student."""
+
+    change: AdviceChange
+    pass_probability: float = Field(ge=0.0, le=1.0, description="Exactly /predict's for the changed student.")
+    predicted_pass: bool = Field(description="Always true: only changes that pass are offered.")
+    points: int = Field(description="Score points added in all (reading + writing); the course counts 0.")
+
+
+class Advice(BaseModel):
+    """What would change the verdict: an association in past data, not a promise about one student."""
+
+    options: list[AdviceOption] = Field(
+        description="Completing the course alone; the smallest reading score, the smallest writing score and "
+        "the smallest equal rise of both, each alone and with the course. A kind that cannot pass within "
+        "0-100 is left out."
+    )
+    cheapest: int | None = Field(
+        description="Index into options of the fewest score points added (fewer changed inputs on a tie); "
+        "null when nothing passes."
+    )
+    note: str | None = Field(description="Set when no change within the valid range passes.")
+
+
+_EXAMPLE_ADVICE: Final[dict[str, Any]] = {
+    "options": [
+        {
+            "change": {"test_preparation_course": "completed"},
+            "pass_probability": 0.62,
+            "predicted_pass": True,
+            "points": 0,
+        },
+        {"change": {"reading_score": 64}, "pass_probability": 0.5512, "predicted_pass": True, "points": 6},
+    ],
+    "cheapest": 0,
+    "note": None,
+}
+
+
 _EXAMPLE_PREDICTION: Final[dict[str, Any]] = {
     "prediction_id": EXAMPLE_PREDICTION_ID,
     "pass_probability": 0.9731,
@@ -159,6 +208,13 @@ class PredictionOut(BaseModel):
     model_version: str
     explanation: list[Contribution] = Field(
         description=f"The {EXPLANATION_TOP_K} features with the largest |contribution|, largest first."
+    )
+    advice: Advice | None = Field(
+        None,
+        description="Only for a flagged student (predicted_pass false): the smallest changes to the test "
+        "preparation course and the reading and writing scores that turn the decision into a pass, each "
+        "scored exactly as /predict would score the changed student.",
+        json_schema_extra={"examples": [_EXAMPLE_ADVICE]},
     )
 
 

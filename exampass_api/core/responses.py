@@ -34,10 +34,10 @@ CSV_EXAMPLE_IN: Final = (
 )
 CSV_EXAMPLE_OUT: Final = (
     "student,gender,race/ethnicity,parental level of education,lunch,test preparation course,"
-    "reading score,writing score,pass_probability,predicted_pass,top_reasons,error\r\n"
+    "reading score,writing score,pass_probability,predicted_pass,top_reasons,advice,error\r\n"
     "S-01,female,group B,bachelor's degree,standard,none,72,74,0.9731,true,"
-    "Writing score 74 (raises); Gender female (lowers); Reading score 72 (raises),\r\n"
-    "S-02,male,grp B,high school,free/reduced,none,41,38,,,,"
+    "Writing score 74 (raises); Gender female (lowers); Reading score 72 (raises),,\r\n"
+    "S-02,male,grp B,high school,free/reduced,none,41,38,,,,,"
     "\"race/ethnicity: unknown category 'grp B'; allowed: 'group A', 'group B', 'group C', 'group D', "
     "'group E'\"\r\n"
 )

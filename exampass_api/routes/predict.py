@@ -94,7 +94,7 @@ async def predict_batch(request: Request, caller: PredictCaller) -> JSONBytes | 
 
 
 async def predict_csv(request: Request, caller: PredictCaller) -> Response:
-    """A roster in, the same rows out with `pass_probability`, `predicted_pass`, `top_reasons` and `error`.
+    """A roster in, the same rows out with `pass_probability`, `predicted_pass`, `top_reasons`, `advice`, `error`.
 
     Both header spellings work (the Kaggle file's, or snake_case), extra columns ride along, and a maths
     column is never scored. A bad row gets its `error` and no probability; every valid row is scored and

@@ -11,6 +11,7 @@ overhead costs more than the arithmetic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,6 +109,32 @@ class LinearScorer(Scorer):
             logit += w * z
             contrib[N_CAT + i] += w * (z - z_ref)
         return self._link_one(logit), contrib
+
+    def linear_predictor_one(self, record: Mapping[str, Any]) -> float:
+        """The log-odds (the expected maths score for the score model) of one validated student.
+
+        With ``score_slopes`` and ``linear_predictor_for`` it gives advice its closed form: the predictor is
+        linear in each score and the link is increasing, so the smallest passing rise is one division.
+        """
+        eta = self.intercept + sum(
+            table[record[name]] for name, table in zip(CATEGORICAL, self._cat_py, strict=True)
+        )
+        for name, _, w, shift, scale in self._numeric_py:
+            eta += w * (record[name] - shift) / scale
+        return float(eta)
+
+    def score_slopes(self) -> dict[str, float]:
+        """How much the linear predictor moves per point of each score (zero for a score the model drops)."""
+        slopes = dict.fromkeys(NUMERIC, 0.0)
+        for name, _, w, _, scale in self._numeric_py:
+            slopes[name] += w / scale
+        return slopes
+
+    def linear_predictor_for(self, proba: float) -> float:
+        """The linear predictor at which the pass probability reaches ``proba``: the link's inverse."""
+        if not 0.0 < proba < 1.0:
+            return math.inf if proba >= 1.0 else -math.inf
+        return math.log(proba) - math.log1p(-proba)
 
     def reference(self) -> dict[str, Any]:
         return self.design.reference_description()

@@ -15,6 +15,7 @@ divided by sigma) because a teacher reads them without a formula, and the decisi
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any
 
 from exampass_api.scorer.encoding import Design, FloatArray
@@ -53,6 +54,12 @@ class ScoreScorer(LinearScorer):
 
     def _link_one(self, eta: float) -> float:
         return 0.5 * math.erfc(-((eta - self.pass_mark) / self.sigma) / _SQRT2)
+
+    def linear_predictor_for(self, proba: float) -> float:
+        """The expected maths score at which ``Phi((mu - pass_mark) / sigma)`` reaches ``proba``."""
+        if not 0.0 < proba < 1.0:
+            return math.inf if proba >= 1.0 else -math.inf
+        return self.pass_mark + self.sigma * NormalDist().inv_cdf(proba)
 
     def reference(self) -> dict[str, Any]:
         out = self.design.reference_description()

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from exampass_api.schemas import EXPLANATION_TOP_K, MAX_BATCH, BatchIn, StudentIn
 from exampass_api.scorer import CODES, FEATURES, encode, top_contributions
 from exampass_api.scorer.encoding import FloatArray, IndexArray
+from exampass_api.services.advice import advise
 from exampass_api.services.model_store import Bundle, ModelStore
 from exampass_pipeline.contract import schema
 from exampass_pipeline.contract.predlog import PredictionLog
@@ -251,11 +252,18 @@ class CpuGate:
 class PredictionService:
     """Scores with whatever Bundle the caller captured, and logs through the shared PredictionLog."""
 
-    def __init__(self, predlog: PredictionLog, store: ModelStore, top_k: int = EXPLANATION_TOP_K) -> None:
+    def __init__(
+        self, predlog: PredictionLog, store: ModelStore, top_k: int = EXPLANATION_TOP_K, advice: bool = True
+    ) -> None:
         self.predlog = predlog
         self.store = store
         self.top_k = top_k
+        self.advice = advice
         self.cpu = CpuGate()
+
+    def advice_for(self, bundle: Bundle, record: Mapping[str, Any], passed: bool) -> dict[str, Any] | None:
+        """The one place that decides whether a student gets advice: flagged, and advice not switched off."""
+        return advise(bundle, record) if self.advice and not passed else None
 
     def bundle(self) -> Bundle:
         """The model this request is answered with, read once (a swap mid-request cannot mix versions);
@@ -272,15 +280,17 @@ class PredictionService:
         self.predlog.log_prediction(
             record, proba, predicted, bundle.version, prediction_id=prediction_id, client=client
         )
-        return orjson.dumps(
-            {
-                "prediction_id": prediction_id,
-                "pass_probability": proba,
-                "predicted_pass": predicted,
-                "model_version": bundle.version,
-                "explanation": top_contributions(record, contributions, self.top_k),
-            }
-        )
+        answer = {
+            "prediction_id": prediction_id,
+            "pass_probability": proba,
+            "predicted_pass": predicted,
+            "model_version": bundle.version,
+            "explanation": top_contributions(record, contributions, self.top_k),
+        }
+        advice = self.advice_for(bundle, record, predicted)
+        if advice is not None:
+            answer["advice"] = advice
+        return orjson.dumps(answer)
 
     def score(
         self,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Final
@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 from exampass_api.scorer import CODES
+from exampass_api.services.advice import cheapest_sentence
 from exampass_api.services.model_store import Bundle
 from exampass_api.services.prediction import PredictionService, Scored
 from exampass_api.services.reasons import reason_texts
@@ -42,7 +43,7 @@ MAX_ROSTER: Final = 10_000
 # Generous per row (a Kaggle row is under 100 bytes; names, ids and notes may ride along), so that only an
 # absurd upload is refused by its size before its rows are counted.
 MAX_ROSTER_BYTES: Final = MAX_ROSTER * 1024
-RESULT_COLUMNS: Final = ("pass_probability", "predicted_pass", "top_reasons", "error")
+RESULT_COLUMNS: Final = ("pass_probability", "predicted_pass", "top_reasons", "advice", "error")
 DELIMITERS: Final = (",", ";", "\t")
 FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 _TRIGGERS: Final = frozenset(FORMULA_START)
@@ -336,7 +337,18 @@ def probability_texts(probabilities: list[float]) -> list[str]:
     return [t if p == 0.0 or p >= 1e-4 else repr(p) for t, p in zip(texts, probabilities, strict=True)]
 
 
-def answer_rows(roster: Roster, scored: Scored) -> Iterator[list[str]]:
+def advice_texts(service: PredictionService, roster: Roster, scored: Scored, bundle: Bundle) -> list[str]:
+    """The ``advice`` column: the cheapest change that passes, in words, for each flagged row; empty otherwise.
+
+    "Cheapest" is ``advice.advise``'s: the fewest score points added, the course counting as none.
+    """
+    return [
+        cheapest_sentence(service.advice_for(bundle, record, passed), record)
+        for record, passed in zip(roster.records, scored.decisions, strict=True)
+    ]
+
+
+def answer_rows(roster: Roster, scored: Scored, advice: Sequence[str]) -> Iterator[list[str]]:
     """The answer's header, then one row per data row in file order: kept columns, then RESULT_COLUMNS.
 
     A row whose model cells were spelled exactly as the schema spells them (the fast path of ``_read_rows``)
@@ -357,13 +369,13 @@ def answer_rows(roster: Roster, scored: Scored) -> Iterator[list[str]]:
         if j is None or index in loose or any(out[at][:1] in _TRIGGERS for at in unverified):
             out = [neutralised(cell) for cell in out]
         if j is None:
-            out += ["", "", "", neutralised(roster.error_text(index))]
+            out += ["", "", "", "", neutralised(roster.error_text(index))]
         else:
-            out += [probabilities[j], "true" if decisions[j] else "false", reasons[j], ""]
+            out += [probabilities[j], "true" if decisions[j] else "false", reasons[j], advice[j], ""]
         yield out
 
 
-def to_csv(roster: Roster, scored: Scored) -> bytes:
+def to_csv(roster: Roster, scored: Scored, advice: Sequence[str]) -> bytes:
     """The answer file, in the input's delimiter and with its byte-order mark if it had one.
 
     A row none of whose cells holds the delimiter, a quote or a line break needs no quoting, and is joined
@@ -375,7 +387,7 @@ def to_csv(roster: Roster, scored: Scored) -> bytes:
         buffer.write(_BOM)
     delimiter = roster.delimiter
     writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\r\n")
-    rows = answer_rows(roster, scored)
+    rows = answer_rows(roster, scored, advice)
     header = next(rows)
     writer.writerow(header)
     separators, write = len(header) - 1, buffer.write
@@ -397,4 +409,5 @@ def score_valid_rows(service: PredictionService, bundle: Bundle, roster: Roster,
 
 def scored_csv(service: PredictionService, bundle: Bundle, roster: Roster, client: str) -> bytes:
     """/predict/csv's answer: the roster scored, as a file. Blocking: the route runs it in the thread pool."""
-    return to_csv(roster, score_valid_rows(service, bundle, roster, client))
+    scored = score_valid_rows(service, bundle, roster, client)
+    return to_csv(roster, scored, advice_texts(service, roster, scored, bundle))

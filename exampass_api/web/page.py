@@ -36,6 +36,7 @@ from exampass_api.core.responses import read_limited
 from exampass_api.core.routing import FormRoute, Handler
 from exampass_api.core.security import PREDICT, SESSION_COOKIE, Access, Refused, checked_token
 from exampass_api.services import reasons
+from exampass_api.services.advice import sentences
 from exampass_api.services.model_store import Bundle, ModelStore
 from exampass_api.services.prediction import PayloadTooLarge, PredictionService, Scored
 from exampass_api.services.roster import (
@@ -44,6 +45,7 @@ from exampass_api.services.roster import (
     CellError,
     Roster,
     RosterRejected,
+    advice_texts,
     cell_value,
     parse_roster,
     problems,
@@ -112,6 +114,7 @@ class Answer:
     sentence: str
     chart: reasons.Chart
     prediction_id: str
+    advice: list[str] = field(default_factory=list)  # what would change the verdict, in words (flagged only)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def render(
     return response
 
 
-def answer(record: Mapping[str, Any], scored: Scored) -> Answer:
+def answer(record: Mapping[str, Any], scored: Scored, advice: Mapping[str, Any] | None) -> Answer:
     contributions = scored.contributions[0].tolist()
     return Answer(
         percent=reasons.percent(scored.probabilities[0]),
@@ -209,6 +212,7 @@ def answer(record: Mapping[str, Any], scored: Scored) -> Answer:
         sentence=reasons.sentence(record, contributions),
         chart=reasons.chart(record, contributions),
         prediction_id=scored.prediction_ids[0],
+        advice=sentences(advice, record),
     )
 
 
@@ -328,7 +332,8 @@ async def predict_student(request: Request, client: str, service: PredictionServ
         view.notice = Notice("student", "No model is being served yet", store.unavailable_reason, 503)
         return render(request, view, 503)
     scored = await service.cpu.run(service.score, bundle, [record], client)
-    view.footer, view.answer = footer(bundle), answer(record, scored)
+    advice = await service.cpu.run(service.advice_for, bundle, record, scored.decisions[0])
+    view.footer, view.answer = footer(bundle), answer(record, scored, advice)
     return render(request, view)
 
 
@@ -359,7 +364,8 @@ def _scored_roster(
     service: PredictionService, bundle: Bundle, roster: Roster, client: str, filename: str
 ) -> RosterView:
     scored = score_valid_rows(service, bundle, roster, client)
-    return roster_view(roster, scored, to_csv(roster, scored), filename)
+    answer_file = to_csv(roster, scored, advice_texts(service, roster, scored, bundle))
+    return roster_view(roster, scored, answer_file, filename)
 
 
 # ------------------------------------------------------------------------------------------------ refusals

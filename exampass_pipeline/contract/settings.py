@@ -199,6 +199,10 @@ class Settings(BaseSettings, ThresholdValues):
         False,
         description="true: FastAPI's OpenTelemetry traces and metrics, to the globally configured providers.",
     )
+    advice: bool = Field(
+        True,
+        description="false: no advice for flagged students (a school's policy; the benchmark's baseline).",
+    )
 
     # -- who may write (docs/security.md) ----------------------------------------------------------------------
     api_keys_file: Path = Field(

@@ -243,6 +243,32 @@ def _fairness(rule: DecisionRule, comparison: pd.DataFrame | None) -> str:
     return "\n".join(lines)
 
 
+def _advice() -> str:
+    """Why a section of its own: advice reads like a recipe, and the card must say it is an association."""
+    return "\n".join(
+        [
+            "## What the advice is and is not",
+            "",
+            "- **What it is:** for a flagged student, `POST /predict` (and the page, and the roster's `advice` "
+            "column) lists the smallest changes to the three inputs a school can act on (completing the test "
+            "preparation course, the reading score, the writing score, and an equal rise of both, alone and "
+            "with the course) that this version's own scorer and the student's own cut-off turn into a pass. "
+            "Each comes with the pass probability `/predict` answers for the changed student, exactly.",
+            "- **What it is not:** a promise about one student, or a cause: an association in past data. It "
+            "says what this model learned "
+            "from past students: students like this one, with those scores or that course, passed more often. "
+            "Tutoring that raises a reading score may not raise a maths score, and the course's association "
+            "may partly reflect who chooses to take it.",
+            "- **Never advice:** gender, race/ethnicity, parental level of education and lunch are never "
+            "changed. Because the cut-offs are set per group for equal opportunity, two students with the same "
+            "scores in different groups can get different advice; that follows from the rule, not from a "
+            "changed group.",
+            "- **Nothing passes:** when no change within the valid range (0-100) passes, the answer says so. "
+            "The student still needs a person's help; the model cannot point to a lever.",
+        ]
+    )
+
+
 def _caveats() -> str:
     return "\n".join(
         [
@@ -289,6 +315,7 @@ def render(
         _data(n_train, n_test, data_source),
         _metrics(test_metrics, assessment),
         _fairness(rule, rule_comparison),
+        _advice(),
         _caveats(),
         "Format: Mitchell et al. (2019), *Model Cards for Model Reporting*; sections as in the Hugging Face "
         "model card template.",

@@ -179,9 +179,8 @@ def test_a_roster_is_ranked_by_risk_with_its_bad_rows_and_downloads_the_csv_answ
     assert download
     csv_answer = page.client.post("/predict/csv", content=content, headers={"content-type": "text/csv"})
     assert base64.b64decode(download.group(1)) == csv_answer.content
-    chances = sorted(
-        float(row[-4]) for row in csv.reader(io.StringIO(csv_answer.text)) if row[-4][:1].isdigit()
-    )
+    rows = list(csv.DictReader(io.StringIO(csv_answer.text)))
+    chances = sorted(float(row["pass_probability"]) for row in rows if row["pass_probability"])
     assert [html.unescape(v) for v in ranked] == [reasons.percent(p) for p in chances], "highest risk first"
     logged = page.lines()
     assert len(logged) == 2 * 28 and {line["client"] for line in logged} == {"public"}

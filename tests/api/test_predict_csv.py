@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies
 
 from exampass_api.core.keystore import create_key
+from exampass_api.services.advice import cheapest_sentence
 from exampass_api.services.roster import MAX_ROSTER, RESULT_COLUMNS
 from exampass_pipeline.contract import schema
 
@@ -89,6 +90,27 @@ def test_both_header_spellings_score_like_the_batch_endpoint_to_the_byte(
         assert [row[len(header) + 1] for row in rows[1:]] == decisions
         assert all(row[-1] == "" for row in rows[1:])
         assert all(len(row[len(header) + 2].split("; ")) == 3 for row in rows[1:])
+
+
+def test_each_flagged_row_gets_the_cheapest_advice_of_predict_in_words_and_no_other_row_does(
+    make_api: Callable[..., Api], records: list[dict[str, Any]]
+) -> None:
+    api = make_api(EXAMPASS_RATE_LIMIT_PUBLIC="1000000/minute")
+    students = records[:300]
+    rows = parsed(api.post(table(SNAKE, [cells(r) for r in students])))
+    advice_at = rows[0].index("advice")
+    flagged = 0
+    for student, row in zip(students, rows[1:], strict=True):
+        response = api.client.post("/predict", json=student)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert row[advice_at] == cheapest_sentence(answer.get("advice"), student)
+        assert bool(row[advice_at]) == (not answer["predicted_pass"]), "advice exactly for a flagged row"
+        flagged += not answer["predicted_pass"]
+    assert flagged >= 10, "the sample must hold flagged students for this test to mean anything"
+    assert all(
+        name not in row[advice_at] for row in rows[1:] for name in ("gender", "lunch", "race", "parental")
+    )
 
 
 def test_the_maths_column_is_kept_but_never_scored_and_extra_columns_keep_their_order(

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from support import PAGE_STUDENT
 
+from exampass_api.services.advice import sentence
 from exampass_pipeline.contract import schema
 
 LOOPBACK = {"127.0.0.1", "localhost"}
@@ -152,6 +153,34 @@ def test_one_student_from_the_keyboard_alone_gets_the_apis_probability(
     no_serious_violations(page)
     page.locator("#answer").scroll_into_view_if_needed()
     snap(page, "page-student")
+    assert not outside, f"the page tried to reach the network: {outside}"
+
+
+def test_a_flagged_student_is_told_what_would_change_the_verdict_in_the_apis_own_numbers(
+    start_api: Callable[..., Api], page: Any, outside: list[str], snap: Callable[..., Path]
+) -> None:
+    api = start_api()
+    student = {**STUDENT, "reading_score": 30, "writing_score": 28}
+    api_answer = predict(api, student)
+    assert not api_answer["predicted_pass"], "this student must be flagged for the test to mean anything"
+    page.goto(f"{api.base}/")
+    for name in schema.CATEGORICAL_FEATURES:
+        page.get_by_label(LABELS[name], exact=True).select_option(student[name])
+    page.get_by_label("Reading score").fill(str(student["reading_score"]))
+    page.get_by_label("Writing score").fill(str(student["writing_score"]))
+    page.get_by_role("button", name="Predict").click()
+    page.locator("#pass-probability").wait_for()
+    page.locator("#advice").wait_for()
+    assert page.get_by_role("heading", name="What would change the verdict").is_visible()
+    shown = page.locator("#advice li").all_inner_texts()
+    options = api_answer["advice"]["options"]
+    assert shown == ([sentence(o, student) for o in options] or [api_answer["advice"]["note"]])
+    assert any("reading score of" in line for line in shown), "a score the school can raise"
+    for word in ("gender", "group C", "lunch", "high school"):
+        assert word not in " ".join(shown)
+    no_serious_violations(page)
+    page.locator("#advice").scroll_into_view_if_needed()
+    snap(page, "page-advice")
     assert not outside, f"the page tried to reach the network: {outside}"
 
 

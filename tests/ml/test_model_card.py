@@ -20,6 +20,7 @@ SECTIONS = (
     "## Fairness criterion",
     "### Trade-offs for this version",
     "### Trade-offs measured",
+    "## What the advice is and is not",
     "## Caveats and recommendations",
 )
 
@@ -63,6 +64,10 @@ def test_the_card_has_every_section_and_this_versions_figures(
     assert "| per lunch x gender x race/ethnicity |" in card and "| single threshold |" in card
     assert "| lunch | free/reduced |" in card  # the per-group table
     assert "unawareness" in card and "synthetic" in card
+    advice = card.split("## What the advice is and is not")[1].split("\n## ")[0]
+    assert "**What it is not:** a promise about one student" in advice
+    assert "an association in past data" in advice
+    assert "never changed" in advice and "passed more often" in advice
 
 
 def test_a_single_cut_off_card_makes_no_race_notice_and_survives_missing_figures() -> None:
