@@ -67,11 +67,14 @@ class Caller:
 class Refused(Exception):
     """A request refused at the boundary: answered with this status, detail and headers, never logged."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, *, keyed: bool | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+        self.keyed = keyed  # for a spent rate: whether the caller had a key (the metrics tell them apart)
 
 
 def _challenge(error: str, reason: str, scope: str | None = None) -> dict[str, str]:
@@ -197,6 +200,7 @@ class Access:
             429,
             f"rate limit of {limit} exceeded for {who}; retry after {wait} s",
             {"Retry-After": str(wait)},
+            keyed=client.keyed,
         )
 
 
