@@ -92,7 +92,7 @@ PREDICTIONS = Counter(
 SWAPS = Counter("exampass_model_swaps", "Times a worker loaded a new champion version (its first included).")
 SERVED = Gauge(
     "exampass_model_version_served",
-    "The registry version each worker serves (absent: none loaded yet).",
+    "The registry version each worker serves (0: none loaded yet).",
     multiprocess_mode="liveall",
 )
 
