@@ -178,7 +178,12 @@ class Server:
 
 @contextlib.contextmanager
 def run_server(
-    settings: Settings, logs_dir: Path, *, poll_s: float = 0.2, workers: int = 1, **extra: str
+    settings: Settings,
+    logs_dir: Path,
+    *,
+    poll_s: float = 0.2,
+    workers: int = 1,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """``python -m exampass_api`` on a free loopback port, against the given home, until the block ends.
 
@@ -197,7 +202,7 @@ def run_server(
         "EXAMPASS_API_PORT": str(port),
         "EXAMPASS_API_WORKERS": str(workers),
         "EXAMPASS_API_KEYS_FILE": str(keys),
-        **extra,
+        **(extra or {}),
     }
     output = logs_dir.parent / f"server-{port}.out"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, api_registry: Registry) -> 
     home = clone_home(api_registry.settings.home, tmp_path_factory.mktemp("metrics"))
     with (
         use_home(home) as settings,
-        run_server(settings, home.parent / "logs", workers=2, EXAMPASS_RATE_LIMIT_PUBLIC="3/minute") as live,
+        run_server(
+            settings, home.parent / "logs", workers=2, extra={"EXAMPASS_RATE_LIMIT_PUBLIC": "3/minute"}
+        ) as live,
     ):
         live.wait_ready()
         yield live
@@ -137,7 +139,7 @@ def test_metrics_off_means_no_endpoint(
     home = clone_home(api_registry.settings.home, tmp_path_factory.mktemp("metrics-off"))
     with (
         use_home(home) as settings,
-        run_server(settings, home.parent / "logs", EXAMPASS_METRICS="false") as live,
+        run_server(settings, home.parent / "logs", extra={"EXAMPASS_METRICS": "false"}) as live,
     ):
         response = httpx.get(f"{live.url}/metrics")
         assert response.status_code == 404

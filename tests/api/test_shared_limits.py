@@ -100,8 +100,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory, api_registry: Registry) -> It
     try:
         with (
             use_home(home) as settings,
-            run_server(settings, home.parent / "logs-a", **limits) as a,
-            run_server(settings, home.parent / "logs-b", **limits) as b,
+            run_server(settings, home.parent / "logs-a", extra=limits) as a,
+            run_server(settings, home.parent / "logs-b", extra=limits) as b,
         ):
             a.wait_ready()
             b.wait_ready()
