@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install and start the system services the test suite needs, from Debian's packages only:
 #   - PostgreSQL (Dagster storage + MLflow backend store for tests/deploy/test_postgres.py), on loopback;
+#   - redis-server (only the binary: tests/api/test_shared_limits.py starts its own on a free loopback port;
+#     Debian's package also enables a service on 6379, which the tests never use);
 #   - Chromium (headless browser driven by Playwright for tests/browser/, never a downloaded build);
 #   - docker-compose 1.29 (validates docker-compose.yml; drives the stack in tests/deploy/test_stack.py);
 #   - docker.io (the Docker engine, started here when it is not running) and mmdebstrap (builds the stand-in
@@ -44,6 +46,7 @@ declare -A WANT=(
     [mmdebstrap]=/usr/bin/mmdebstrap
     [gpg]=/usr/bin/gpg
     [fonts-liberation]=/usr/share/fonts/truetype/liberation
+    [redis-server]=/usr/bin/redis-server
 )
 missing=()
 for pkg in "${!WANT[@]}"; do

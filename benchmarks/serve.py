@@ -15,6 +15,8 @@ What it does, all on loopback and in a throw-away EXAMPASS_HOME:
      (EXAMPASS_RATE_LIMIT_PUBLIC, EXAMPASS_RATE_LIMIT_KEYED) set so high that the limiter counts every
      request but never refuses one;
    - **exampass, no keyed limit**: the same with EXAMPASS_RATE_LIMIT_KEYED unset (keyed callers uncounted);
+   - **exampass, metrics off**: the first with EXAMPASS_METRICS=false (nothing counted, no ``/metrics``), the
+     baseline of what ``GET /metrics`` costs ``/predict`` (goal: <= 10 % of throughput);
    - **mlflow**: ``mlflow models serve -m models:/exampass-pass-classifier@champion --env-manager local``;
 3. drives them with the same load generator in a separate process (wrk ``-t1 -c8`` when installed, else the
    asyncio generator in ``serve_load.py``, which also holds the bare server). The servers run side by side
@@ -323,7 +325,7 @@ def run_servers(champion: dict[str, Any], args: argparse.Namespace, work: Path) 
         "MLFLOW_TRACKING_URI": os.environ["MLFLOW_TRACKING_URI"],
         "EXAMPASS_API_KEYS_FILE": str(keys),
     }
-    ports = {name: free_port() for name in ("bare", "exampass", "unlimited", "mlflow")}
+    ports = {name: free_port() for name in ("bare", "exampass", "unlimited", "nometrics", "mlflow")}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
     def exampass_env(name: str, **limits: str) -> dict[str, str]:
@@ -344,12 +346,16 @@ def run_servers(champion: dict[str, Any], args: argparse.Namespace, work: Path) 
         "-w", "1", "-h", "127.0.0.1", "-p", str(ports["mlflow"]),
     ]  # fmt: skip
     ours, single, unlimited_url = url["exampass"], bodies["single.json"], url["unlimited"]
+    nometrics_url = url["nometrics"]
     rows = f"{BATCH_ROWS:,} rows"
     targets = {
         "bare": Target("bare FastAPI, same request model", f"{url['bare']}/predict", single),
         "public": Target("ExamPass /predict, no key (public limiter)", f"{ours}/predict", single),
         "exampass": Target("ExamPass /predict, key (auth + keyed limiter)", f"{ours}/predict", single, auth=key),
         "unlimited": Target("ExamPass /predict, key, no keyed limit", f"{unlimited_url}/predict", single, auth=key),
+        "nometrics": Target(
+            "ExamPass /predict, key, metrics off", f"{nometrics_url}/predict", single, auth=key
+        ),
         "batch": Target(
             f"ExamPass /predict/batch ({rows}), key", f"{ours}/predict/batch", bodies["batch.json"],
             auth=key, rows=BATCH_ROWS,
@@ -372,6 +378,8 @@ def run_servers(champion: dict[str, Any], args: argparse.Namespace, work: Path) 
         stack.enter_context(server(our_cmd, limited, f"{ours}/ready", work / "exampass.log"))
         unlimited = exampass_env("unlimited")
         stack.enter_context(server(our_cmd, unlimited, f"{url['unlimited']}/ready", work / "unlimited.log"))
+        quiet = exampass_env("nometrics", EXAMPASS_RATE_LIMIT_KEYED=NEVER_REFUSED, EXAMPASS_METRICS="false")
+        stack.enter_context(server(our_cmd, quiet, f"{nometrics_url}/ready", work / "nometrics.log"))
         if not args.skip_mlflow:
             stack.enter_context(server(mlflow_cmd, mlflow_env, f"{url['mlflow']}/ping", work / "mlflow.log"))
         return measure(targets, args, work)
@@ -381,7 +389,12 @@ def goals(results: dict[str, Result]) -> list[tuple[str, bool]]:
     """Judged on ExamPass as it runs in production: a keyed client, authentication and limits on."""
     bare, ours = results["bare"], results["exampass"]
     batch, csv = results["batch"], results["csv"]
+    quiet = results["nometrics"]
     out = [
+        (
+            f"metrics cost <= 10 % of /predict throughput (on/off {ours.rps / quiet.rps:.0%})",
+            ours.rps >= 0.9 * quiet.rps,
+        ),
         (f"ExamPass >= 50 % of bare throughput ({ours.rps / bare.rps:.0%})", ours.rps >= 0.5 * bare.rps),
         (
             f"ExamPass p99 <= 1.5x bare p99 ({ours.p99_ms / bare.p99_ms:.2f}x)",
@@ -417,7 +430,7 @@ def report(
     print()
     print("| server | req/s | rows/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for key in ("bare", "public", "exampass", "unlimited", "mlflow", "batch", "csv"):
+    for key in ("bare", "public", "exampass", "unlimited", "nometrics", "mlflow", "batch", "csv"):
         if key not in results:
             continue
         r = results[key]
@@ -427,7 +440,8 @@ def report(
         )
     print()
     measured = sum(
-        results[k].requests * results[k].rows for k in ("public", "exampass", "unlimited", "batch", "csv")
+        results[k].requests * results[k].rows
+        for k in ("public", "exampass", "unlimited", "nometrics", "batch", "csv")
     )
     print(f"prediction log: {logged:,} lines by ExamPass ({measured:,} in measured rounds, the rest warm-up)")
     for text, ok in goals(results):

@@ -249,7 +249,8 @@ wait_healthy() {
 
 wait_ready() {
     local started="$1" deadline=$((SECONDS + TIMEOUT_S)) port code
-    port="$(published_port api 8000)" || die "the api service publishes no port"
+    # Through the proxy, the one published port: ready there means nginx reaches a replica with the champion.
+    port="$(published_port proxy 8000)" || die "the proxy service publishes no port"
     while :; do
         code="$(http_status "http://127.0.0.1:$port/ready")"
         if [ "$code" = 200 ]; then
@@ -263,7 +264,7 @@ wait_ready() {
 
 show_urls() {
     local api dagster mlflow
-    api="$(published_port api 8000 || echo '?')"
+    api="$(published_port proxy 8000 || echo '?')"
     dagster="$(published_port dagster-webserver 3000 || echo '?')"
     mlflow="$(published_port mlflow 5000 || echo '?')"
     say "API + page: http://127.0.0.1:$api/   Dagster UI: http://127.0.0.1:$dagster   MLflow: http://127.0.0.1:$mlflow (admin / MLFLOW_ADMIN_PASSWORD in $ENV_FILE)"
@@ -354,19 +355,20 @@ cmd_backup() {
     wait_no_running_runs
     say "stopping dagster-code (runs execute there)"
     compose stop dagster-code >/dev/null 2>&1
-    local api_id failed=0 paused_at
-    api_id="$(compose ps -q api)"
+    local api_ids failed=0 paused_at
+    api_ids="$(compose ps -q api api-2 | tr '\n' ' ')"
     {
         say "pg_dump dagster and mlflow"
         pg_env 'pg_dump -U "$POSTGRES_USER" -Fc "$POSTGRES_DB"' >"$work/exampass-backup/postgres/dagster.dump" \
             && pg_env 'pg_dump -U "$POSTGRES_USER" -Fc "$MLFLOW_POSTGRES_DB"' >"$work/exampass-backup/postgres/mlflow.dump" \
-            && say "pausing api; copying the volumes: ${VOLUMES[*]}" \
+            && say "pausing api and api-2; copying the volumes: ${VOLUMES[*]}" \
             && paused_at=$SECONDS \
-            && { [ -z "$api_id" ] || docker pause "$api_id" >/dev/null; } \
+            && { [ -z "${api_ids// /}" ] || docker pause $api_ids >/dev/null; } \
             && backup_volumes_tar >"$work/exampass-backup/volumes.tar"
     } || failed=1
-    [ -z "$api_id" ] || docker unpause "$api_id" >/dev/null 2>&1 || true
-    [ -z "${paused_at:-}" ] || say "api resumed after $(elapsed "$paused_at") paused; starting dagster-code and dagster-daemon"
+    # shellcheck disable=SC2086 # one argument per container id
+    [ -z "${api_ids// /}" ] || docker unpause $api_ids >/dev/null 2>&1 || true
+    [ -z "${paused_at:-}" ] || say "api and api-2 resumed after $(elapsed "$paused_at") paused; starting dagster-code and dagster-daemon"
     compose start dagster-code dagster-daemon >/dev/null 2>&1 || failed=1
     [ "$failed" = 0 ] || die "backup failed (the stack was resumed; check it with deploy/stack.sh status)"
 

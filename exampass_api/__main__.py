@@ -14,6 +14,7 @@ import copy
 from collections.abc import Sequence
 
 from exampass_api.core.keystore import KeyStoreError, read_store
+from exampass_api.core.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
 from exampass_pipeline.contract.settings import Settings
 
 
@@ -26,8 +27,6 @@ def _log_config(level: str) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(prog="exampass-api", description="Serve the ExamPass champion model.")
     settings = Settings.for_command(parser)
     parser.add_argument("--host", default=settings.api_host, help="default: EXAMPASS_API_HOST or 127.0.0.1")
@@ -52,6 +51,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         read_store(settings.api_keys_file)
     except KeyStoreError as exc:
         parser.exit(1, f"exampass-api: cannot start: {exc}\n")
+    # Several workers count into one directory so a scrape of any of them reports the whole service.
+    metrics_dir = prepare_multiprocess_dir(args.workers)
+    try:
+        _run(args, settings)
+    finally:
+        remove_multiprocess_dir(metrics_dir)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "exampass_api.app:create_app",
         factory=True,

@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from exampass_api.core import metrics
 from exampass_api.core.errors import on_validation_error
 from exampass_api.core.keystore import KeyRing
 from exampass_api.core.routing import ApiRoute
@@ -47,7 +48,7 @@ DESCRIPTION = (
 
 # Every router of the service: the app includes these, and the OpenAPI pass below walks their routes (FastAPI
 # keeps included routers behind an internal wrapper in ``app.routes``; the routers' own lists are public).
-ROUTERS: tuple[APIRouter, ...] = (predict.router, feedback.router, ops.router, page.router)
+ROUTERS: tuple[APIRouter, ...] = (predict.router, feedback.router, ops.router, metrics.router, page.router)
 
 
 def api_routes() -> Iterator[APIRoute]:
@@ -67,7 +68,8 @@ def create_app(
     restrict_new_files()
     # Read now, so a corrupt or unreadable key store stops the service at start-up with its reason.
     access = Access(settings, KeyRing.load(settings.api_keys_file))
-    store = store or ModelStore(settings)
+    meter = metrics.meter_for(settings)
+    store = store or (metrics.MeteredModelStore(settings) if meter else ModelStore(settings))
     predlog = predlog or PredictionLog(settings.logs_dir)
 
     @asynccontextmanager
@@ -78,6 +80,7 @@ def create_app(
         finally:
             await store.stop()
             predlog.close()
+            metrics.worker_stopped()
 
     app = FastAPIOffline(
         title="ExamPass prediction service",
@@ -92,7 +95,10 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.predlog = predlog
-    app.state.service = PredictionService(predlog, store, advice=settings.advice)
+    app.state.meter = meter
+    app.state.service = PredictionService(
+        metrics.MeteredLog(predlog) if meter else predlog, store, advice=settings.advice
+    )
     app.state.access = access
     app.add_exception_handler(RequestValidationError, on_validation_error)
     for router in ROUTERS:

@@ -16,15 +16,18 @@ their own bodies) is then called directly; every other route goes on through Fas
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from exampass_api.core.errors import JSON, invalid, is_json, unreadable_body, unsupported
+from exampass_api.core.metrics import Meter
 from exampass_api.core.security import Caller, Guard, Refused
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -52,19 +55,23 @@ class ApiRoute(APIRoute):
         checks_body = "POST" in (self.methods or set())
         direct = self._direct_call()
 
-        async def route(request: Request) -> Response:
+        path = self.path_format
+
+        async def serve(request: Request, meter: Meter | None) -> Response:
             try:
                 for guard in guards:
                     client = guard.check(request)
             except Refused as exc:
+                if meter is not None:
+                    meter.refused(path, exc.status, keyed=exc.keyed)
                 return self.refuse(request, exc)
             if checks_body:
                 content_type = request.headers.get("content-type")
                 if content_type is None:
                     if request.headers.get("content-length", "") != "0":
-                        return unsupported(None, self.accepts[0])
+                        return self._unsupported(path, None, meter)
                 elif not self.accepted(content_type):
-                    return unsupported(content_type, self.accepts[0])
+                    return self._unsupported(path, content_type, meter)
             if direct is not None:
                 request_name, caller_name = direct
                 caller = Caller(client, request.app.state.service)
@@ -78,7 +85,33 @@ class ApiRoute(APIRoute):
                     raise
                 return invalid([error], request.url.path)
 
+        async def route(request: Request) -> Response:
+            meter: Meter | None = request.app.state.meter
+            if meter is None:
+                return await serve(request, None)
+            # Counted here, in the path every request already takes (no middleware): an answer by its status,
+            # an exception by the status its handler will give it (HTTPException's, 422 for validation, else 500).
+            started = time.perf_counter()
+            try:
+                response = await serve(request, meter)
+            except HTTPException as exc:
+                meter.request(path, request.method, exc.status_code, started)
+                raise
+            except RequestValidationError:
+                meter.request(path, request.method, 422, started)
+                raise
+            except Exception:
+                meter.request(path, request.method, 500, started)
+                raise
+            meter.request(path, request.method, response.status_code, started)
+            return response
+
         return route
+
+    def _unsupported(self, path: str, content_type: str | None, meter: Meter | None) -> Response:
+        if meter is not None:
+            meter.refused(path, 415)
+        return unsupported(content_type, self.accepts[0])
 
     def _direct_call(self) -> tuple[str, str] | None:
         """(request, caller) parameter names when the endpoint takes exactly those two and answers a Response.

@@ -18,6 +18,12 @@ Rate limits (the ``limits`` library, sliding-window counters, O(1) memory per ca
 are counted per address (the connection's own address; ``X-Forwarded-For`` only from EXAMPASS_TRUSTED_PROXIES,
 which uvicorn applies), keyed callers per key name. Counters live in ``EXAMPASS_RATE_LIMIT_STORAGE`` (memory
 per worker by default; a ``redis://`` URI shares them across workers and replicas).
+
+When the shared storage does not answer (Redis stopped, unreachable, timing out), the guarded routes fail
+*closed*: 503 with the reason and a ``Retry-After``, never a 500 and never an uncounted answer. Open would let a
+caller beat the limit whenever Redis is down, which is exactly when the service is least able to take it;
+``/health``, ``/ready``, ``/model`` and ``/metrics`` are unguarded and keep answering, so the outage is visible.
+Bound the wait with redis-py's URL options, e.g. ``redis://redis:6379/0?socket_timeout=1&socket_connect_timeout=1``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Annotated, Final
 
 from fastapi import Depends, Request
 from limits import RateLimitItem, parse
+from limits.errors import StorageError
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
@@ -41,6 +48,8 @@ PREDICT: Final = "predict"
 SESSION_COOKIE: Final = "exampass_key"
 FEEDBACK: Final = "feedback"
 ADMIN: Final = "admin"
+# Retry-After when the limiter's storage is down: long enough not to hammer it, short for a restart.
+LIMITER_RETRY_S: Final = 5
 
 
 @dataclass(frozen=True)
@@ -67,11 +76,14 @@ class Caller:
 class Refused(Exception):
     """A request refused at the boundary: answered with this status, detail and headers, never logged."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, *, keyed: bool | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+        self.keyed = keyed  # for a spent rate: whether the caller had a key (the metrics tell them apart)
 
 
 def _challenge(error: str, reason: str, scope: str | None = None) -> dict[str, str]:
@@ -129,7 +141,8 @@ def _storage(uri: str) -> Storage:
     """The configured counter storage; the default in-process one sweeps without a timer thread."""
     if uri == "memory://":
         return SweepingMemoryStorage()
-    storage = storage_from_string(uri)
+    # Wrapped, so any backend's own error arrives as limits' StorageError and ``_count`` can answer 503.
+    storage = storage_from_string(uri, wrap_exceptions=True)
     if not isinstance(storage, Storage):  # an asyncio storage (async+redis://...) cannot serve sync limiters
         raise ValueError(f"EXAMPASS_RATE_LIMIT_STORAGE: {uri!r} is an asyncio storage; use a plain one")
     return storage
@@ -187,16 +200,24 @@ class Access:
 
     def _count(self, client: Client, limit: RateLimitItem, who: str) -> None:
         identity = client.name if client.keyed else client.address
-        if self.limiter.hit(limit, "keyed" if client.keyed else "public", identity):
-            return
-        reset = self.limiter.get_window_stats(
-            limit, "keyed" if client.keyed else "public", identity
-        ).reset_time
+        kind = "keyed" if client.keyed else "public"
+        try:
+            if self.limiter.hit(limit, kind, identity):
+                return
+            reset = self.limiter.get_window_stats(limit, kind, identity).reset_time
+        except StorageError as exc:
+            raise Refused(
+                503,
+                f"rate limits unavailable: the limiter's storage did not answer ({type(exc.storage_error).__name__});"
+                " retry later",
+                {"Retry-After": str(LIMITER_RETRY_S)},
+            ) from exc
         wait = max(1, math.ceil(reset - time.time()))
         raise Refused(
             429,
             f"rate limit of {limit} exceeded for {who}; retry after {wait} s",
             {"Retry-After": str(wait)},
+            keyed=client.keyed,
         )
 
 

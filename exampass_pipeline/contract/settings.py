@@ -195,6 +195,9 @@ class Settings(BaseSettings, ThresholdValues):
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(1, ge=1)
     model_poll_s: float = Field(30, gt=0, description="How often the API checks the champion alias.")
+    metrics: bool = Field(
+        True, description="false: no GET /metrics and no counting (the benchmark's baseline)."
+    )
     telemetry: bool = Field(
         False,
         description="true: FastAPI's OpenTelemetry traces and metrics, to the globally configured providers.",

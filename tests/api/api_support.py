@@ -177,8 +177,18 @@ class Server:
 
 
 @contextlib.contextmanager
-def run_server(settings: Settings, logs_dir: Path, *, poll_s: float = 0.2) -> Iterator[Server]:
-    """``python -m exampass_api`` on a free loopback port, against the given home, until the block ends."""
+def run_server(
+    settings: Settings,
+    logs_dir: Path,
+    *,
+    poll_s: float = 0.2,
+    workers: int = 1,
+    extra: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """``python -m exampass_api`` on a free loopback port, against the given home, until the block ends.
+
+    ``workers`` uvicorn workers; ``extra`` more EXAMPASS_* variables (e.g. a shared rate-limit storage).
+    """
     port = free_port()
     keys = logs_dir.parent / f"api-keys-{port}.json"
     token = create_key(keys, "load-test", ["predict"])
@@ -190,8 +200,9 @@ def run_server(settings: Settings, logs_dir: Path, *, poll_s: float = 0.2) -> It
         "EXAMPASS_MODEL_POLL_S": str(poll_s),
         "EXAMPASS_API_HOST": "127.0.0.1",
         "EXAMPASS_API_PORT": str(port),
-        "EXAMPASS_API_WORKERS": "1",
+        "EXAMPASS_API_WORKERS": str(workers),
         "EXAMPASS_API_KEYS_FILE": str(keys),
+        **(extra or {}),
     }
     output = logs_dir.parent / f"server-{port}.out"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ Dockerfile and the API settings.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
 import re
 import shlex
@@ -35,13 +36,18 @@ EXAMPASS_SERVICES = {
     "dagster-webserver",
     "dagster-daemon",
     "api",
+    "api-2",
     "bootstrap",
 }
+# The API replicas: one definition (a YAML anchor), reached only through the proxy.
+API_REPLICAS = ("api", "api-2")
+# Services on official (or stand-in) images rather than the ExamPass image.
+BASE_SERVICES = {"postgres", "redis", "proxy"}
 # Run once and exit (restart "no", no health check): the services that need them wait for them to complete.
 ONE_SHOTS = {"mlflow-users", "bootstrap"}
 # One-shots that are a script of the image run by its Python, not a console script.
 IMAGE_SCRIPTS = {"bootstrap": "/opt/exampass/bootstrap.py"}
-ARCHITECTURE_PORTS = {"dagster-webserver": 3000, "api": 8000, "mlflow": 5000}
+ARCHITECTURE_PORTS = {"dagster-webserver": 3000, "proxy": 8000, "mlflow": 5000}
 # What .env.example must set (Compose refuses to start without them) and who may see each one.
 REQUIRED_SECRETS = {
     "POSTGRES_PASSWORD",
@@ -229,7 +235,7 @@ def test_compose_validator_is_not_a_rubber_stamp(compose_bin: str, repo: Path, t
 
 def test_stack_has_the_services_the_issue_lists(compose_config: dict[str, Any]) -> None:
     services = compose_config["services"]
-    assert set(services) == EXAMPASS_SERVICES | {"postgres"}
+    assert set(services) == EXAMPASS_SERVICES | BASE_SERVICES
     for name in EXAMPASS_SERVICES:
         svc = services[name]
         assert svc["image"].startswith("exampass:"), name
@@ -324,33 +330,41 @@ def test_ports_agree_with_the_architecture_and_the_settings(compose_config: dict
         os.environ.clear()
         os.environ.update(saved)
     assert settings.api_host == "0.0.0.0", "inside a container the API must listen beyond loopback"
-    assert settings.api_port == ARCHITECTURE_PORTS["api"]
 
-    for name, port in {"dagster-webserver": 3000, "mlflow": mlflow_port, "api": settings.api_port}.items():
+    assert settings.api_port == ARCHITECTURE_PORTS["proxy"]
+    for name, port in {"dagster-webserver": 3000, "mlflow": mlflow_port, "proxy": settings.api_port}.items():
         ports = published(compose_config, name)
         assert port in ports, f"{name} does not publish container port {port}: {ports}"
         assert ports[port][1] == ARCHITECTURE_PORTS[name], (
             f"{name}: default host port should be {ARCHITECTURE_PORTS[name]}"
         )
 
-    for name in ("dagster-code", "dagster-webserver", "dagster-daemon", "api"):
+    for name in ("dagster-code", "dagster-webserver", "dagster-daemon", *API_REPLICAS):
         assert service_env(compose_config, name)["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}", (
             name
         )
 
 
 def test_only_the_api_is_published_beyond_loopback(compose_config: dict[str, Any]) -> None:
-    """By default: the API on every interface, the Dagster UI (no login) and MLflow on loopback, nothing else."""
+    """By default: the API's proxy on every interface, the Dagster UI (no login) and MLflow on loopback."""
     exposure = {name: published(compose_config, name) for name in compose_config["services"]}
-    assert exposure["api"] == {8000: ("0.0.0.0", 8000)}
+    assert exposure["proxy"] == {8000: ("0.0.0.0", 8000)}
     assert exposure["dagster-webserver"] == {3000: ("127.0.0.1", 3000)}
     assert exposure["mlflow"] == {5000: ("127.0.0.1", 5000)}
     beyond_loopback = {
         name for name, ports in exposure.items() if any(ip != "127.0.0.1" for ip, _ in ports.values())
     }
-    assert beyond_loopback == {"api"}
+    assert beyond_loopback == {"proxy"}
     unpublished = {name for name, ports in exposure.items() if not ports}
-    assert unpublished == {"postgres", "dagster-code", "dagster-daemon", "mlflow-users", "bootstrap"}
+    assert unpublished == {
+        "postgres",
+        "redis",
+        "dagster-code",
+        "dagster-daemon",
+        "mlflow-users",
+        "bootstrap",
+        *API_REPLICAS,
+    }
 
 
 def test_each_binding_has_its_own_switch(compose: Compose) -> None:
@@ -360,7 +374,7 @@ def test_each_binding_has_its_own_switch(compose: Compose) -> None:
     config = yaml.safe_load(done.stdout)
     assert published(config, "dagster-webserver") == {3000: ("10.0.0.5", 3000)}
     assert published(config, "mlflow") == {5000: ("127.0.0.1", 5500)}
-    assert published(config, "api") == {8000: ("127.0.0.1", 8000)}
+    assert published(config, "proxy") == {8000: ("127.0.0.1", 8000)}
 
 
 def test_webserver_and_daemon_reach_the_code_server(compose_config: dict[str, Any], repo: Path) -> None:
@@ -574,7 +588,7 @@ def test_secrets_come_from_the_environment_and_reach_only_who_needs_them(
         "MLFLOW_FLASK_SERVER_SECRET_KEY": {"mlflow"},
         "MLFLOW_PIPELINE_PASSWORD": {"mlflow-users", "dagster-code"},
         # The bootstrap only looks for @champion, so it gets the API's READ-only login.
-        "MLFLOW_API_PASSWORD": {"mlflow-users", "api", "bootstrap"},
+        "MLFLOW_API_PASSWORD": {"mlflow-users", *API_REPLICAS, "bootstrap"},
     }
     assert (
         ":postgres-password-s3cret-from-env@postgres:"
@@ -875,3 +889,36 @@ def test_every_service_has_a_health_check_the_image_understands(
     assert set(healthcheck.ROLES) == {service_env(compose_config, n)["EXAMPASS_ROLE"] for n in long_running}
     healthy, detail = healthcheck.check("nonsense", {})
     assert not healthy and "unknown EXAMPASS_ROLE" in detail
+
+
+def test_replicas_share_state_limits_and_trust_only_the_proxy(
+    compose_config: dict[str, Any], repo: Path
+) -> None:
+    """Two identical replicas: one log volume, one key store, one Redis; X-Forwarded-For from the proxy alone."""
+    from exampass_pipeline.contract.settings import Settings
+
+    services = compose_config["services"]
+    first, second = (services[name] for name in API_REPLICAS)
+    assert first["environment"] == second["environment"]
+    assert first["volumes"] == second["volumes"]
+    env = service_env(compose_config, "api")
+    settings = Settings.from_env()
+    assert env["EXAMPASS_RATE_LIMIT_STORAGE"].startswith("redis://redis:6379/")
+    assert env["PROMETHEUS_MULTIPROC_DIR"], "each replica's workers add up in their own directory"
+    proxy_ip = services["proxy"]["networks"]["default"]["ipv4_address"]
+    assert env["EXAMPASS_TRUSTED_PROXIES"] == proxy_ip
+    subnet = compose_config["networks"]["default"]["ipam"]["config"][0]
+    assert ipaddress.ip_address(proxy_ip) in ipaddress.ip_network(subnet["subnet"])
+    assert ipaddress.ip_address(proxy_ip) not in ipaddress.ip_network(subnet["ip_range"]), (
+        "the proxy's fixed address must lie outside the range Docker hands out to the other containers"
+    )
+    for name in API_REPLICAS:
+        assert services["proxy"]["depends_on"][name]["condition"] == "service_started"
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    nginx = (repo / "deploy" / "nginx.conf").read_text()
+    assert {f"server {name}:{settings.api_port}" for name in API_REPLICAS} <= {
+        line.strip().split(" max_fails")[0] for line in nginx.splitlines()
+    }
+    # Overwritten, never appended ($proxy_add_x_forwarded_for would keep what the client planted).
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in nginx
+    assert "proxy_add_x_forwarded_for" not in nginx
