@@ -123,7 +123,63 @@ ensure_data_dir() {
     mkdir -p "$REPO/data"
 }
 
-compose() { "${COMPOSE[@]}" --project-directory "$REPO" --env-file "$ENV_FILE" -f "$REPO/docker-compose.yml" -p "$(project_name)" "$@"; }
+# ------------------------------------------------------------------------------------------------- subnet
+# The proxy needs a fixed address (the replicas trust X-Forwarded-For from it alone), so the project's network
+# needs a declared subnet. A fixed one collides: with the host's own network (a cloud VPC's 172.31.0.0/16, say)
+# and with a second project on the same engine (a restore beside the original). So: the operator's
+# EXAMPASS_SUBNET if set; else the subnet the project's network already has (an `up` never recreates it); else
+# the first /24 of 10.213.0.0/16, from a point the project name picks, that overlaps no host route or address
+# and no other Docker network.
+ip_to_int() { local IFS=.; set -- $1; printf '%d' "$(( ($1 << 24) | ($2 << 16) | ($3 << 8) | $4 ))"; }
+int_to_ip() { printf '%d.%d.%d.%d' "$(( $1 >> 24 & 255 ))" "$(( $1 >> 16 & 255 ))" "$(( $1 >> 8 & 255 ))" "$(( $1 & 255 ))"; }
+# "first last" address (as integers) of a CIDR block.
+cidr_span() {
+    local base="${1%/*}" len="${1#*/}" start
+    [ "$len" != "$1" ] || len=32
+    start=$(( $(ip_to_int "$base") & ~((1 << (32 - len)) - 1) & 0xFFFFFFFF ))
+    printf '%d %d' "$start" "$(( start + (1 << (32 - len)) - 1 ))"
+}
+subnets_in_use() {
+    if command -v ip >/dev/null 2>&1; then
+        ip -4 -o addr show 2>/dev/null | awk '{print $4}'
+        ip -4 route show table all 2>/dev/null | awk '$1 ~ /^[0-9]+\./ {print $1}'
+    fi
+    docker network ls -q 2>/dev/null | xargs -r docker network inspect \
+        -f '{{range .IPAM.Config}}{{println .Subnet}}{{end}}' 2>/dev/null | grep -E '^[0-9]+\.' || true
+}
+free_subnet() {
+    local used=() span first last cand start end u_start u_end clash i
+    mapfile -t used < <(subnets_in_use | sort -u)
+    first=$(( $(printf '%s' "$(project_name)" | cksum | cut -d' ' -f1) % 256 ))
+    for i in $(seq 0 255); do
+        cand="10.213.$(( (first + i) % 256 )).0/24"
+        read -r start end <<<"$(cidr_span "$cand")"
+        clash=0
+        for span in "${used[@]}"; do
+            read -r u_start u_end <<<"$(cidr_span "$span")"
+            if [ "$start" -le "$u_end" ] && [ "$u_start" -le "$end" ]; then clash=1; break; fi
+        done
+        [ "$clash" -eq 1 ] || { printf '%s' "$cand"; return 0; }
+    done
+    die "no free /24 in 10.213.0.0/16 for the project's network: set EXAMPASS_SUBNET (a /24 no other network uses)"
+}
+ensure_subnet() {
+    [ -z "${EXAMPASS_SUBNET:-}" ] || [ -z "${EXAMPASS_SUBNET_DYNAMIC:-}" ] || [ -z "${EXAMPASS_PROXY_IP:-}" ] \
+        || return 0
+    local subnet="${EXAMPASS_SUBNET:-$(env_file_value EXAMPASS_SUBNET)}" base
+    if [ -z "$subnet" ]; then
+        subnet="$(docker network inspect -f '{{range .IPAM.Config}}{{println .Subnet}}{{end}}' \
+            "$(project_name | tr 'A-Z' 'a-z' | tr -cd 'a-z0-9_-')_default" 2>/dev/null | head -n 1 || true)"
+    fi
+    [ -n "$subnet" ] || subnet="$(free_subnet)"
+    [ "${subnet#*/}" = 24 ] || die "EXAMPASS_SUBNET=$subnet: the stack needs a /24 (the proxy at .10, Docker's range from .128)"
+    base="$(int_to_ip "$(cidr_span "$subnet" | cut -d' ' -f1)")"
+    export EXAMPASS_SUBNET="$subnet"
+    export EXAMPASS_SUBNET_DYNAMIC="${base%.*}.128/25"
+    export EXAMPASS_PROXY_IP="${base%.*}.10"
+}
+
+compose() { ensure_subnet; "${COMPOSE[@]}" --project-directory "$REPO" --env-file "$ENV_FILE" -f "$REPO/docker-compose.yml" -p "$(project_name)" "$@"; }
 
 # ------------------------------------------------------------------------------------------------- images
 ensure_base_images() {
