@@ -25,10 +25,10 @@ RELOAD_WITHIN_S = 30.0  # the store is looked at every keystore.CHECK_INTERVAL_S
 
 def _keys_path(server: Server) -> Path:
     """Where api_support.run_server created this server's key store."""
-    return server.logs_dir.parent / f"api-keys-{urlparse(server.url).port}.json"
+    return Path(server.logs_dir).parent / f"api-keys-{urlparse(server.url).port}.json"
 
 
-def _swap_in(path: Path, make: Callable[[Path], None]) -> None:
+def _swap_in(path: Path, make: Callable[[Path], object]) -> None:
     """Build the replacement next to ``path`` and rename it over the store in one step."""
     staged = path.with_name(path.name + ".staged")
     make(staged)
