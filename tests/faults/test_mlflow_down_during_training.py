@@ -41,6 +41,11 @@ def _champion(server: MlflowServer) -> str | None:
     return None if version is None else str(version.version)
 
 
+def _run_count(client: MlflowClient) -> int:
+    experiment = client.get_experiment_by_name(registry.EXPERIMENT_NAME)
+    return 0 if experiment is None else len(client.search_runs([experiment.experiment_id]))
+
+
 def _versions(server: MlflowServer) -> set[str]:
     found = MlflowClient(tracking_uri=server.url).search_model_versions(f"name = '{schema.MODEL_NAME}'")
     return {str(v.version) for v in found}
@@ -100,16 +105,11 @@ def test_mlflow_stopping_mid_training_fails_the_run_and_keeps_the_champion(
     outcome: list[tuple[dg.ExecuteInProcessResult, float]] = []
     training = threading.Thread(target=lambda: outcome.append(_train(settings)), daemon=True)
     client = MlflowClient(tracking_uri=server.url)
-    runs_before = len(
-        client.search_runs([client.get_experiment_by_name(registry.EXPERIMENT_NAME).experiment_id])
-    )
+    runs_before = _run_count(client)
     training.start()
     # Stop MLflow once the retrain has started talking to it: its MLflow run exists.
     wait_for(
-        lambda: (
-            len(client.search_runs([client.get_experiment_by_name(registry.EXPERIMENT_NAME).experiment_id]))
-            > runs_before
-        ),
+        lambda: _run_count(client) > runs_before,
         "the retrain's MLflow run to start",
         FAIL_WITHIN_S,
         every_s=0.2,
