@@ -158,3 +158,51 @@ def fill(directory: Path) -> Path:
             while True:
                 fh.write(b"\0")
     return filler
+
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Daemon:
+    """`dagster-daemon run` on the repository's workspace, against the instance in ``env["DAGSTER_HOME"]``."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_daemon(env: dict[str, str], log: Path) -> Iterator[Daemon]:
+    daemon = Daemon(env, log)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
