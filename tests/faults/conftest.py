@@ -31,3 +31,8 @@ def fault_registry(tmp_path_factory: pytest.TempPathFactory, students: pd.DataFr
             settings, pipeline, students, candidate="logistic_regression", threshold=0.55, promote=False
         )
     return FaultRegistry(home, v1, v2)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``slow``: a fault test that runs the real daemon through many runs (minutes); ``-m "not slow"`` skips it."""
+    config.addinivalue_line("markers", "slow: runs the real daemon through many runs; takes minutes")
