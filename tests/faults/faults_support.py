@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,17 +167,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Daemon:
-    """`dagster-daemon run` on the repository's workspace, against the instance in ``env["DAGSTER_HOME"]``."""
+    """`dagster-daemon run` on the repository's workspace, against the instance in ``env["DAGSTER_HOME"]``.
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    With ``argv``, another long-running Dagster process on the same terms (the webserver).
+    """
+
+    def __init__(self, env: dict[str, str], log: Path, argv: list[str] | None = None) -> None:
         self.env = env
         self.log = log
+        self.argv = argv or [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [str(BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
+                self.argv,
                 cwd=REPO,
                 env=self.env,
                 stdout=out,
@@ -199,10 +205,103 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running_daemon(env: dict[str, str], log: Path) -> Iterator[Daemon]:
-    daemon = Daemon(env, log)
+def running_daemon(env: dict[str, str], log: Path, argv: list[str] | None = None) -> Iterator[Daemon]:
+    daemon = Daemon(env, log, argv)
     daemon.start()
     try:
         yield daemon
     finally:
         daemon.stop()
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL cluster of our own (initdb in a temp dir, its own loopback port): ours to stop and start.
+
+    The system server on 5432 is shared and never touched. The cluster runs as the ``postgres`` user when we
+    are root (the server refuses to run as root); trust authentication on loopback, so any password works.
+    """
+
+    root: Path
+    port: int
+    user: str = "exampass"
+
+    @classmethod
+    def create(cls) -> OwnPostgres:
+        versions = sorted(PG_BIN.glob("*/bin/initdb"))
+        if not versions:
+            pytest.skip("PostgreSQL server binaries are not installed (Debian package postgresql)")
+        root = Path(tempfile.mkdtemp(prefix="exampass-faults-pg-"))
+        server = cls(root, free_port())
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres")
+        server._as_owner(
+            str(versions[-1]), "-D", str(root / "data"), "-U", server.user, "--auth=trust", "--no-sync"
+        )
+        return server
+
+    def _as_owner(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{argv[0]} failed:\n{done.stdout}\n{done.stderr}\n{tail(self.log)}"
+        return done
+
+    @property
+    def log(self) -> Path:
+        return self.root / "postgres.log"
+
+    def _pg_ctl(self, *args: str) -> None:
+        pg_ctl = str(sorted(PG_BIN.glob("*/bin/pg_ctl"))[-1])
+        self._as_owner(pg_ctl, "-D", str(self.root / "data"), "-l", str(self.log), "-w", "-t", "120", *args)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        self._pg_ctl("-o", options, "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: the server drops every connection, as a restart in production does."""
+        self._pg_ctl("-m", "fast", "stop")
+
+    def running(self) -> bool:
+        return (self.root / "data" / "postmaster.pid").exists()
+
+    def create_database(self, name: str) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres")
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+
+    def dagster_env(self, db: str, storage_dir: Path) -> dict[str, str]:
+        """The variables deploy/dagster.yaml reads, pointed at this cluster."""
+        return {
+            "DAGSTER_POSTGRES_HOST": "127.0.0.1",
+            "DAGSTER_POSTGRES_PORT": str(self.port),
+            "DAGSTER_POSTGRES_USER": self.user,
+            "DAGSTER_POSTGRES_PASSWORD": "unused-with-trust",
+            "DAGSTER_POSTGRES_DB": db,
+            "DAGSTER_STORAGE_DIR": str(storage_dir),
+        }
+
+    def destroy(self) -> None:
+        if self.running():
+            with contextlib.suppress(AssertionError):
+                self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def own_postgres() -> Iterator[OwnPostgres]:
+    server = OwnPostgres.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
