@@ -29,9 +29,7 @@ from faults_support import BIN, REPO, running_daemon, tail, wait_for
 from exampass_pipeline.cli import simulate
 from exampass_pipeline.contract import registry
 from exampass_pipeline.contract.settings import threshold_env_var
-from exampass_pipeline.defs.sensors import SENSOR_INTERVAL_ENV, WATCHED_CHECKS
-
-pytestmark = pytest.mark.slow
+from exampass_pipeline.defs.sensors import SENSOR_INTERVAL_ENV, WATCHED_CHECKS, sensor_interval_s
 
 DAYS = [date(2026, 11, 1) + timedelta(days=i) for i in range(13)]
 DRIFT_DAY = DAYS[6]
@@ -97,6 +95,7 @@ def _settled(dagster_home: Path, queued: int) -> list[dg.DagsterRun] | None:
     return runs if len(later) >= TICKS_AFTER_LAST_RUN else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("interval_s", "days"), TIMINGS, ids=[f"every-{t}s" for t, _ in TIMINGS])
 def test_seven_queued_runs_one_drifting_day_exactly_one_retrain(
     monitored_template: Path, tmp_path: Path, data_file: Path, interval_s: int, days: list[date]
@@ -148,3 +147,21 @@ def test_seven_queued_runs_one_drifting_day_exactly_one_retrain(
     assert DRIFT_DAY.isoformat() in retrains[0].tags["exampass/trigger"], retrains[0].tags
     assert retrains[0].status == dg.DagsterRunStatus.SUCCESS, tail(daemon_log)
     assert sorted(run_id for tick in ticks for run_id in tick.run_ids) == [retrains[0].run_id]
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "2.5", "soon"])
+def test_a_bad_sensor_interval_stops_the_load_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv(SENSOR_INTERVAL_ENV, raw)
+    with pytest.raises(ValueError, match=SENSOR_INTERVAL_ENV):
+        sensor_interval_s()
+
+
+def test_the_sensor_interval_defaults_to_30_s_and_follows_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(SENSOR_INTERVAL_ENV, raising=False)
+    assert sensor_interval_s() == 30
+    monkeypatch.setenv(SENSOR_INTERVAL_ENV, " 7 ")
+    assert sensor_interval_s() == 7
