@@ -22,6 +22,7 @@ from exampass_api.schemas import MAX_BATCH, MAX_BATCH_BYTES, MessageOut, Validat
 from exampass_api.services.prediction import TOO_DEEP
 from exampass_api.services.roster import MAX_ROSTER, MAX_ROSTER_BYTES, RosterRejected
 from exampass_pipeline.contract import schema
+from exampass_pipeline.contract.logfile import LogUnavailable
 
 JSON: Final = "application/json"
 
@@ -146,6 +147,19 @@ def roster_refused(exc: RosterRejected) -> JSONResponse:
     )
 
 
+LOG_RETRY_AFTER_S: Final = 5
+
+
+def log_unavailable(exc: LogUnavailable) -> JSONResponse:
+    """A request the prediction log could not record: 503, never 500, and never an unlogged answer.
+
+    Monitoring can only judge answers it can read, so an answer that could not be logged is not given; the
+    client is told why and when to try again (the log resumes by itself once there is space).
+    """
+    detail = f"the prediction log cannot be written, so no answer is given: {exc}; retry later"
+    return JSONResponse({"detail": detail}, 503, headers={"Retry-After": str(LOG_RETRY_AFTER_S)})
+
+
 ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     415: {"model": MessageOut, "description": "The body is not sent as JSON."},
     422: {
@@ -154,7 +168,10 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     },
 }
 NO_MODEL: Final[dict[int | str, dict[str, Any]]] = {
-    503: {"model": MessageOut, "description": "No champion model is loaded yet."}
+    503: {
+        "model": MessageOut,
+        "description": "No champion model is loaded yet, or the prediction log cannot be written (disk full).",
+    }
 }
 UNAUTHORIZED: Final[dict[int | str, dict[str, Any]]] = {
     401: {

@@ -26,9 +26,10 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from exampass_api.core.errors import JSON, invalid, is_json, unreadable_body, unsupported
+from exampass_api.core.errors import JSON, invalid, is_json, log_unavailable, unreadable_body, unsupported
 from exampass_api.core.metrics import Meter
 from exampass_api.core.security import Caller, Guard, Refused
+from exampass_pipeline.contract.logfile import LogUnavailable
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -72,13 +73,15 @@ class ApiRoute(APIRoute):
                         return self._unsupported(path, None, meter)
                 elif not self.accepted(content_type):
                     return self._unsupported(path, content_type, meter)
-            if direct is not None:
-                request_name, caller_name = direct
-                caller = Caller(client, request.app.state.service)
-                response: Response = await self.endpoint(**{request_name: request, caller_name: caller})
-                return response
             try:
+                if direct is not None:
+                    request_name, caller_name = direct
+                    caller = Caller(client, request.app.state.service)
+                    response: Response = await self.endpoint(**{request_name: request, caller_name: caller})
+                    return response
                 return await handler(request)
+            except LogUnavailable as exc:  # a full disk is a 503 with its reason, never a 500
+                return log_unavailable(exc)
             except HTTPException as exc:
                 error = unreadable_body(exc)
                 if error is None:

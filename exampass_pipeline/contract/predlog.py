@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from exampass_pipeline.contract import schema
+from exampass_pipeline.contract.logfile import write_line
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
@@ -89,10 +90,7 @@ class JsonlAppender:
         return partial(self._write, self._fd(at.astimezone(UTC).date()))
 
     def _write(self, fd: int, record: Mapping[str, Any]) -> None:
-        line = encode_record(record)
-        written = os.write(fd, line)
-        if written != len(line):  # pragma: no cover - only on a full disk
-            raise OSError(f"short write to {self.directory}: {written} of {len(line)} bytes")
+        write_line(fd, encode_record(record), self.directory)  # whole line or nothing, else LogUnavailable
 
     def close(self) -> None:
         with self._lock:

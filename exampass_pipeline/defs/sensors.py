@@ -13,6 +13,7 @@ The run key is built from the failed runs' ids, so a re-evaluated tick never lau
 """
 
 import json
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -34,6 +35,24 @@ ENDED: Final = (
     dg.DagsterEventType.RUN_FAILURE,
     dg.DagsterEventType.RUN_CANCELED,
 )
+SENSOR_INTERVAL_ENV: Final = "EXAMPASS_SENSOR_INTERVAL_S"
+DEFAULT_SENSOR_INTERVAL_S: Final = 30
+
+
+def sensor_interval_s() -> int:
+    """How often the daemon ticks the sensor: EXAMPASS_SENSOR_INTERVAL_S, default 30 s.
+
+    Read when the code location loads, because Dagster takes the interval as a number at definition time.
+    The fault tests run the real daemon at several tick timings with it; a bad value stops the load naming it.
+    """
+    raw = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SENSOR_INTERVAL_S
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{SENSOR_INTERVAL_ENV} must be a whole number of seconds >= 1, got {raw!r}")
+    return int(raw)
+
+
 # Storage ids re-read on every tick: with Postgres, a transaction that took a lower id can commit after one
 # that took a higher id, so the cursor alone could step over it. Runs already read are remembered by id.
 LOOKBACK_IDS = 500
@@ -96,7 +115,7 @@ def _cursor(text: str | None) -> dict[str, Any]:
 
 @dg.sensor(
     job=jobs.retrain_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_s(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Retrain when no_data_drift, prediction_drift or model_quality fails.",
 )
