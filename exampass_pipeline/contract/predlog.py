@@ -8,6 +8,7 @@ The reader still treats every line as untrusted: anything malformed is quarantin
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -36,6 +37,22 @@ def utc_now() -> datetime:
 def day_file(directory: Path, day: date) -> Path:
     """Logs are cut by UTC day so that a daily partition maps to exactly one file."""
     return directory / f"{day.isoformat()}.jsonl"
+
+
+def day_files(directory: Path, day: date) -> list[Path]:
+    """Every file holding ``day``'s lines of one kind, in reading order.
+
+    The day file of old (``<day>.jsonl``) first, then the day's segments (``<day>/<name>.jsonl`` or, once
+    closed and compressed, ``.jsonl.gz``) sorted by name; a segment and its compressed copy never both count.
+    """
+    found = [day_file(directory, day)] if day_file(directory, day).exists() else []
+    folder = Path(directory) / day.isoformat()
+    if folder.is_dir():
+        names = {p.name: p for p in folder.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz"))}
+        for name in sorted({n.removesuffix(".gz") for n in names}):
+            # While compressing, both exist: the plain one is complete, the .gz may not be yet.
+            found.append(names.get(name) or names[name + ".gz"])
+    return found
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
@@ -266,41 +283,64 @@ def _check_feedback(obj: Mapping[str, Any]) -> dict[str, Any]:
 _CHECKERS = {PREDICTIONS: _check_prediction, FEEDBACK: _check_feedback}
 
 
+def open_segment(path: Path) -> Any:
+    """A log file for reading as bytes: closed segments are gzip-compressed (``*.jsonl.gz``), others plain."""
+    return gzip.open(path, "rb") if Path(path).name.endswith(".gz") else open(path, "rb")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as fh:
+    with open_segment(path) as fh:
         yield from enumerate(fh, start=1)
+
+
+def parse_line(text: str, kind: str, *, terminated: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """One decoded log line (with its newline, if it had one): the record, or None and why not.
+
+    The single definition of what a line means and of every quarantine reason; ``read_log`` is built on it, and
+    the pipeline's SQL ingestion (``monitoring.ingest_sql``) hands it every line its fast path did not accept,
+    so both readers give the same records and the same reasons.
+    """
+    if not terminated:
+        return None, "truncated line (no newline)"
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        return _CHECKERS[kind](obj), None
+    except KeyError as exc:
+        return None, f"missing field {exc.args[0]!r}"
+    except (ValueError, TypeError) as exc:
+        return None, str(exc) or type(exc).__name__
+
+
+def quarantine_row(path: Path | str, line_no: int, text: str, reason: str) -> dict[str, Any]:
+    """A quarantined line as stored: the file, the 1-based line number, the line (cut short) and the reason."""
+    return {"file": str(path), "line_no": line_no, "raw": text.rstrip("\n")[:2000], "reason": reason}
 
 
 def read_log(path: Path, kind: str) -> ReadResult:
     """Parse one day file; a missing file is an empty day, not an error."""
-    check = _CHECKERS[kind]
     result = ReadResult()
     if not Path(path).exists():
         return result
     for line_no, raw in _lines(Path(path)):
         text = raw.decode("utf-8", errors="replace")
-        reason: str | None = None
-        if not raw.endswith(b"\n"):
-            reason = "truncated line (no newline)"
+        record, reason = parse_line(text, kind, terminated=raw.endswith(b"\n"))
+        if record is not None:
+            result.records.append(record)
         else:
-            try:
-                obj = json.loads(text)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-                result.records.append(check(obj))
-                continue
-            except KeyError as exc:
-                reason = f"missing field {exc.args[0]!r}"
-            except (ValueError, TypeError) as exc:
-                reason = str(exc) or type(exc).__name__
-        result.quarantined.append(
-            {"file": str(path), "line_no": line_no, "raw": text.rstrip("\n")[:2000], "reason": reason}
-        )
+            result.quarantined.append(quarantine_row(path, line_no, text, reason or "unreadable"))
     return result
 
 
 def read_day(logs_dir: Path, kind: str, day: date) -> ReadResult:
-    return read_log(day_file(Path(logs_dir) / kind, day), kind)
+    """The reference reader of one day: every file of the day, in ``day_files`` order."""
+    result = ReadResult()
+    for path in day_files(Path(logs_dir) / kind, day):
+        part = read_log(path, kind)
+        result.records.extend(part.records)
+        result.quarantined.extend(part.quarantined)
+    return result
 
 
 FEEDBACK_WINDOW_DAYS = 7
