@@ -198,6 +198,17 @@ class DayCounts:
     prediction_lines: int
 
 
+MEMORY_LIMIT = "1500MB"
+THREADS = 2
+
+
+def configure(conn: Any, memory_limit: str = MEMORY_LIMIT, threads: int = THREADS) -> None:
+    """Bound DuckDB explicitly: the staging tables spill to disk past the limit instead of growing the process."""
+    conn.execute(f"SET memory_limit = '{memory_limit}'")
+    conn.execute(f"SET threads = {int(threads)}")
+    conn.execute("SET preserve_insertion_order = false")
+
+
 def create_tables(conn: Any) -> None:
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {BATCHES} ({', '.join(f'{c} {t}' for c, t in _TYPES.items())})")
