@@ -44,7 +44,9 @@ def _day_lines(n: int, seed: int) -> tuple[list[str], list[str], np.ndarray]:
     micro = np.sort(rng.integers(0, 86_400 * 10**6, n))
     base = np.datetime64(DAY.isoformat(), "us")
     stamps = np.datetime_as_string(base + micro.astype("timedelta64[us]"), unit="us")
-    cats = {name: np.array(values)[rng.integers(0, len(values), n)] for name, values in schema.CATEGORIES.items()}
+    cats = {
+        name: np.array(values)[rng.integers(0, len(values), n)] for name, values in schema.CATEGORIES.items()
+    }
     scores = {name: rng.integers(0, 101, n) for name in schema.NUMERIC_FEATURES}
     prob = np.round(rng.random(n), 6)
     preds = []
@@ -61,8 +63,7 @@ def _day_lines(n: int, seed: int) -> tuple[list[str], list[str], np.ndarray]:
     labelled = rng.choice(n, size=int(n * 0.3), replace=False)
     math = rng.integers(0, 101, len(labelled))
     feedback = [
-        f'{{"prediction_id":"{ids[j]}","timestamp":"{stamps[j]}+00:00","client":"school-1",'
-        f'"math_score":{m}}}'
+        f'{{"prediction_id":"{ids[j]}","timestamp":"{stamps[j]}+00:00","client":"school-1","math_score":{m}}}'
         for j, m in zip(labelled, math, strict=True)
     ]
     return preds, feedback, ids
@@ -118,7 +119,10 @@ def _timed(home: Path) -> tuple[float, float, dict[str, int]]:
     env.pop("EXAMPASS_LOGS_DIR", None)
     out = subprocess.run(
         ["/usr/bin/time", "-v", sys.executable, __file__, "--child", str(home)],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode:
         raise SystemExit(f"the measured run failed:\n{out.stderr[-3000:]}")
@@ -143,15 +147,19 @@ def _digest(home: Path) -> tuple[int, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 10_000_000])
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
         child(args.child)
         return 0
-    print("| predictions | wall s | peak RSS GB | partition + dup + quarantined = lines | idempotent |"
-          " B/pred plain | B/pred gzip |")
+    print(
+        "| predictions | wall s | peak RSS GB | partition + dup + quarantined = lines | idempotent |"
+        " B/pred plain | B/pred gzip |"
+    )
     print("| ---: | ---: | ---: | :--- | :---: | ---: | ---: |")
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="exampass-scale-") as tmp:

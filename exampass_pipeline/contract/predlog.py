@@ -357,13 +357,17 @@ def readers_of(kind: str, day: date) -> list[date]:
 
 
 def expired_day_files(logs_dir: Path, keep_days: int, today: date) -> list[tuple[str, date, Path]]:
-    """Day files (kind, day, path) whose day is more than ``keep_days`` before ``today``, oldest first."""
+    """Day files and segments (kind, day, path) whose day is more than ``keep_days`` before ``today``, oldest
+    first; a segment is judged and deleted like a day file, on its own modification time."""
     cutoff = today.toordinal() - keep_days
     found: list[tuple[str, date, Path]] = []
     for kind in (PREDICTIONS, FEEDBACK):
-        for path in sorted((Path(logs_dir) / kind).glob("????-??-??.jsonl")):
+        folder = Path(logs_dir) / kind
+        candidates = [(p.stem, p) for p in folder.glob("????-??-??.jsonl")]
+        candidates += [(p.parent.name, p) for p in folder.glob("????-??-??/*.jsonl*")]  # segments
+        for stem, path in sorted(candidates):
             try:
-                day = date.fromisoformat(path.stem)
+                day = date.fromisoformat(stem)
             except ValueError:
                 continue  # not one of ours
             if day.toordinal() < cutoff:

@@ -48,8 +48,15 @@ _TYPES = {
     "feedback_client": "VARCHAR",
 }
 assert tuple(_TYPES) == predlog.BATCH_COLUMNS
-_PRED_FIELDS = ("prediction_id", "timestamp", "model_version", "client", *schema.FEATURES, "pass_probability",
-                "predicted_pass")
+_PRED_FIELDS = (
+    "prediction_id",
+    "timestamp",
+    "model_version",
+    "client",
+    *schema.FEATURES,
+    "pass_probability",
+    "predicted_pass",
+)
 _FB_FIELDS = ("prediction_id", "timestamp", "client", schema.MATH_SCORE)
 _STAGE = {
     predlog.PREDICTIONS: ("p_stage", _PRED_FIELDS),
@@ -73,17 +80,22 @@ def _literal(text: str) -> str:
 def _pattern(kind: str) -> str:
     """The writer's canonical line (``predlog.encode_record``) as one anchored expression, from the schema."""
     if kind == predlog.FEEDBACK:
-        body = (f'"prediction_id":"({_UUID})","timestamp":"({_TS})","client":"({_CLIENT})",'
-                f'"{schema.MATH_SCORE}":({_SCORE})')
+        body = (
+            f'"prediction_id":"({_UUID})","timestamp":"({_TS})","client":"({_CLIENT})",'
+            f'"{schema.MATH_SCORE}":({_SCORE})'
+        )
     else:
         inputs = ",".join(
-            f'"{name}":"({"|".join(map(_literal, schema.CATEGORIES[name]))})"' if name in schema.CATEGORIES
+            f'"{name}":"({"|".join(map(_literal, schema.CATEGORIES[name]))})"'
+            if name in schema.CATEGORIES
             else f'"{name}":({_SCORE})'
             for name in schema.FEATURES
         )
-        body = (f'"prediction_id":"({_UUID})","timestamp":"({_TS})","model_version":"([^"\\\\\\x00-\\x1f]*)",'
-                f'"client":"({_CLIENT})","inputs":{{{inputs}}},"pass_probability":({_NUMBER}),'
-                '"predicted_pass":(true|false)')
+        body = (
+            f'"prediction_id":"({_UUID})","timestamp":"({_TS})","model_version":"([^"\\\\\\x00-\\x1f]*)",'
+            f'"client":"({_CLIENT})","inputs":{{{inputs}}},"pass_probability":({_NUMBER}),'
+            '"predicted_pass":(true|false)'
+        )
     return "^\\{" + body + "\\}$"
 
 
@@ -133,21 +145,27 @@ def split_lines(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Any:
             if cut < 0:
                 carry = data
                 continue
-            carry = data[cut + 1:]
+            carry = data[cut + 1 :]
             lines = pc.split_pattern(pa.array([data[:cut]], pa.binary()), pattern=b"\n").flatten()
             try:
                 strings = lines.cast(pa.string())
             except pa.ArrowInvalid:
-                strings = pa.array([b.decode("utf-8", errors="replace") for b in lines.to_pylist()], pa.string())
+                strings = pa.array(
+                    [b.decode("utf-8", errors="replace") for b in lines.to_pylist()], pa.string()
+                )
             yield first, strings, None
             first += len(strings)
 
 
 def _create_stage(conn: Any) -> None:
-    for kind, (table, fields) in _STAGE.items():
+    for table, fields in _STAGE.values():
         typed = ", ".join(f"{f} {_TYPES[f] if f != schema.MATH_SCORE else 'BIGINT'}" for f in fields)
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} (day_off INT, file_idx INT, line_no BIGINT, {typed})")
-    conn.execute("CREATE OR REPLACE TEMP TABLE q_stage (file VARCHAR, line_no BIGINT, raw VARCHAR, reason VARCHAR)")
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE {table} (day_off INT, file_idx INT, line_no BIGINT, {typed})"
+        )
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE q_stage (file VARCHAR, line_no BIGINT, raw VARCHAR, reason VARCHAR)"
+    )
 
 
 def _stage_file(conn: Any, kind: str, path: Path, file_idx: int, day_off: int) -> None:
@@ -157,14 +175,23 @@ def _stage_file(conn: Any, kind: str, path: Path, file_idx: int, day_off: int) -
     for first, lines, torn in split_lines(path):
         rejected: list[tuple[int, str]] = []
         if len(lines):
-            chunk = pa.table({"file_idx": pa.array([file_idx] * len(lines), pa.int32()),
-                              "line_no": pa.array(range(first, first + len(lines)), pa.int64()), "line": lines})
+            chunk = pa.table(
+                {
+                    "file_idx": pa.array([file_idx] * len(lines), pa.int32()),
+                    "line_no": pa.array(range(first, first + len(lines)), pa.int64()),
+                    "line": lines,
+                }
+            )
             conn.register("chunk", chunk)
             conn.execute(f"CREATE OR REPLACE TEMP TABLE parsed AS {select}")
             conn.unregister("chunk")
-            conn.execute(f"INSERT INTO {table} SELECT {day_off}, file_idx, line_no, {', '.join(fields)} "
-                         "FROM parsed WHERE ok")
-            rejected = conn.execute("SELECT line_no, line FROM parsed WHERE NOT ok ORDER BY line_no").fetchall()
+            conn.execute(
+                f"INSERT INTO {table} SELECT {day_off}, file_idx, line_no, {', '.join(fields)} "
+                "FROM parsed WHERE ok"
+            )
+            rejected = conn.execute(
+                "SELECT line_no, line FROM parsed WHERE NOT ok ORDER BY line_no"
+            ).fetchall()
             conn.execute("DROP TABLE parsed")
         slow: list[list[Any]] = []
         quarantined: list[list[Any]] = []
@@ -212,8 +239,10 @@ def configure(conn: Any, memory_limit: str = MEMORY_LIMIT, threads: int = THREAD
 def create_tables(conn: Any) -> None:
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}")
     conn.execute(f"CREATE TABLE IF NOT EXISTS {BATCHES} ({', '.join(f'{c} {t}' for c, t in _TYPES.items())})")
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {QUARANTINE} (partition_date DATE, file VARCHAR, line_no BIGINT, "
-                 "raw VARCHAR, reason VARCHAR)")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {QUARANTINE} (partition_date DATE, file VARCHAR, line_no BIGINT, "
+        "raw VARCHAR, reason VARCHAR)"
+    )
     conn.execute(f"CREATE TABLE IF NOT EXISTS {PREDICTION_IDS} (partition_date DATE, prediction_id VARCHAR)")
 
 
@@ -226,7 +255,7 @@ WITH own AS (
                                ORDER BY timestamp DESC, day_off DESC, file_idx DESC, line_no DESC) = 1
 )
 SELECT own.prediction_id, CAST($day AS DATE), own.timestamp, own.model_version, own.client,
-       {', '.join(f'own.{n}' for n in schema.FEATURES)}, own.pass_probability, own.predicted_pass,
+       {", ".join(f"own.{n}" for n in schema.FEATURES)}, own.pass_probability, own.predicted_pass,
        fb.{schema.MATH_SCORE}, fb.{schema.MATH_SCORE} >= {schema.PASS_MARK}, fb.timestamp, fb.client
 FROM own LEFT JOIN fb USING (prediction_id)
 """
@@ -267,5 +296,12 @@ def ingest_day(conn: Any, logs_dir: Path, day: date) -> DayCounts:
     quarantined = (conn.execute("SELECT count(*) FROM q_stage").fetchone() or (0,))[0]
     for table in ("p_stage", "f_stage", "q_stage"):
         conn.execute(f"DROP TABLE {table}")
-    return DayCounts(int(rows), int(labelled), int(quarantined), int(orphans), int(lines - rows),
-                     int(feedback_lines), int(lines))
+    return DayCounts(
+        int(rows),
+        int(labelled),
+        int(quarantined),
+        int(orphans),
+        int(lines - rows),
+        int(feedback_lines),
+        int(lines),
+    )

@@ -39,8 +39,14 @@ def _fuzzed_day(logs: Path, day: date, rng: random.Random, earlier_ids: list[str
     for i in range(300):
         row = dict(STUDENT, reading_score=rng.randint(0, 100), writing_score=rng.randint(0, 100))
         p = rng.choice([0.0, 1.0, 1e-5, rng.random(), 0.5])
-        rec = log.log_prediction(row, p, p >= 0.5, str(rng.randint(1, 3)), client="school-1",
-                                 at=at(day, 8, i * 1000 + rng.choice([0, 1])))
+        rec = log.log_prediction(
+            row,
+            p,
+            p >= 0.5,
+            str(rng.randint(1, 3)),
+            client="school-1",
+            at=at(day, 8, i * 1000 + rng.choice([0, 1])),
+        )
         ids.append(rec["prediction_id"])
     good = json.loads(predlog.encode_record(rec))
     path = predlog.day_file(logs / predlog.PREDICTIONS, day)
@@ -72,29 +78,34 @@ def _fuzzed_day(logs: Path, day: date, rng: random.Random, earlier_ids: list[str
         for line in odd:
             fh.write(line + "\n")
         fh.write(predlog.encode_record(good).decode()[:40])  # torn last line
-    with open(path, "ab") as fb:
-        pass
     for pid in rng.sample(ids, 90) + rng.sample(earlier_ids, min(10, len(earlier_ids))):
         later = day + timedelta(days=rng.choice([0, 0, 1, 3, 7, 8]))
-        log.log_feedback(pid, rng.randint(0, 100), client=rng.choice(["school-1", "school-2"]),
-                         at=at(later, rng.randint(0, 23)))
+        log.log_feedback(
+            pid,
+            rng.randint(0, 100),
+            client=rng.choice(["school-1", "school-2"]),
+            at=at(later, rng.randint(0, 23)),
+        )
     for _ in range(5):
         log.log_feedback(str(uuid.uuid4()), 40, client="school-1", at=at(day, 20))  # orphans
     fpath = predlog.day_file(logs / predlog.FEEDBACK, day)
     with open(fpath, "a") as fh:
-        fh.write('{"prediction_id":"%s","timestamp":"x","client":"a","math_score":5}\n' % ids[0])
-        fh.write('{"prediction_id":"%s","timestamp":"2026-11-20T10:00:00+00:00","math_score":"61"}\n' % ids[1])
-        fh.write('{"prediction_id":"%s","timestamp":"2026-11-20T10:00:00+00:00","math_score":-1}\n' % ids[2])
+        fh.write(f'{{"prediction_id":"{ids[0]}","timestamp":"x","client":"a","math_score":5}}\n')
+        fh.write(
+            f'{{"prediction_id":"{ids[1]}","timestamp":"2026-11-20T10:00:00+00:00","math_score":"61"}}\n'
+        )
+        fh.write(f'{{"prediction_id":"{ids[2]}","timestamp":"2026-11-20T10:00:00+00:00","math_score":-1}}\n')
     log.close()
     return ids
 
 
 def _reference(batch: predlog.DayBatch) -> pd.DataFrame:
-    return batch.frame.sort_values("prediction_id").reset_index(drop=True)
+    frame: pd.DataFrame = batch.frame
+    return frame.sort_values("prediction_id").reset_index(drop=True)
 
 
 def _ingested(conn: Any, day: date) -> pd.DataFrame:
-    frame = conn.execute(
+    frame: pd.DataFrame = conn.execute(
         f"SELECT * FROM {ingest_sql.BATCHES} WHERE partition_date = ? ORDER BY prediction_id", [day]
     ).df()
     return frame
@@ -104,8 +115,8 @@ def _same(reference: pd.DataFrame, ingested: pd.DataFrame) -> None:
     assert list(ingested.columns) == list(reference.columns)
     assert len(ingested) == len(reference)
     for column in reference.columns:
-        left = reference[column].astype(object).where(reference[column].notna(), None).tolist()
-        right = ingested[column].astype(object).where(ingested[column].notna(), None).tolist()
+        left = [None if pd.isna(v) else v for v in reference[column].tolist()]
+        right = [None if pd.isna(v) else v for v in ingested[column].tolist()]
         if column == "partition_date":
             left, right = [str(v) for v in left], [str(v)[:10] for v in right]
         if column.endswith("timestamp"):
@@ -131,7 +142,8 @@ def test_sql_ingestion_equals_the_reference_reader_on_a_fuzzed_log(tmp_path: Pat
             assert counts.feedback_lines == reference.feedback_lines
             stored = conn.execute(
                 f"SELECT file, line_no, raw, reason FROM {ingest_sql.QUARANTINE} WHERE partition_date = ? "
-                "ORDER BY file, line_no", [day]
+                "ORDER BY file, line_no",
+                [day],
             ).fetchall()
             expected = sorted((q["file"], q["line_no"], q["raw"], q["reason"]) for q in reference.quarantined)
             assert stored == expected
