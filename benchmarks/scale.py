@@ -70,23 +70,30 @@ def _day_lines(n: int, seed: int) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def write_day(logs: Path, n: int, seed: int = 0) -> dict[str, int]:
-    """Segments of SEGMENT_ROWS lines; one in BAD_EVERY lines damaged, one id repeated, the last line torn."""
-    preds, feedback, _ = _day_lines(n, seed)
-    for i in range(0, n, BAD_EVERY):
-        preds[i] = preds[i].replace('"lunch":"', '"lunch":"x')
-    preds.append(preds[-1])  # a duplicate
-    sizes = {"prediction_lines": len(preds) + 1, "plain_bytes": 0, "gzip_bytes": 0}
-    for kind, lines in ((predlog.PREDICTIONS, preds), (predlog.FEEDBACK, feedback)):
-        folder = logs / kind / DAY.isoformat()
+    """Segments of SEGMENT_ROWS lines, built a segment at a time so the writer's memory stays small; one in
+    BAD_EVERY lines damaged, one id repeated, and a torn last line as a killed writer leaves."""
+    sizes = {"prediction_lines": 0, "plain_bytes": 0, "gzip_bytes": 0}
+    folders = {kind: logs / kind / DAY.isoformat() for kind in (predlog.PREDICTIONS, predlog.FEEDBACK)}
+    for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-        for k, start in enumerate(range(0, len(lines), SEGMENT_ROWS)):
-            data = ("\n".join(lines[start : start + SEGMENT_ROWS]) + "\n").encode()
+    first = ""
+    for k, start in enumerate(range(0, n, SEGMENT_ROWS)):
+        preds, feedback, _ = _day_lines(min(SEGMENT_ROWS, n - start), seed * 1_000_003 + k)
+        for i in range(0, len(preds), BAD_EVERY):
+            preds[i] = preds[i].replace('"lunch":"', '"lunch":"x')
+        if start + SEGMENT_ROWS >= n:
+            preds.append(preds[-1])  # a duplicate
+        first = first or preds[1]
+        sizes["prediction_lines"] += len(preds)
+        for kind, lines in ((predlog.PREDICTIONS, preds), (predlog.FEEDBACK, feedback)):
+            data = ("\n".join(lines) + "\n").encode()
             sizes["plain_bytes"] += len(data)
             packed = gzip.compress(data, compresslevel=6)
             sizes["gzip_bytes"] += len(packed)
-            (folder / f"00-1-{k:04d}.jsonl.gz").write_bytes(packed)
-    with open(logs / predlog.PREDICTIONS / DAY.isoformat() / "23-2-0000.jsonl", "w") as fh:
-        fh.write(preds[0][:50])  # a writer killed mid-line
+            (folders[kind] / f"00-1-{k:04d}.jsonl.gz").write_bytes(packed)
+    with open(folders[predlog.PREDICTIONS] / "23-2-0000.jsonl", "w") as fh:
+        fh.write(first[:50])  # a writer killed mid-line
+    sizes["prediction_lines"] += 1
     return sizes
 
 
