@@ -64,9 +64,15 @@ _STAGE = {
 }
 
 _UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_TS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{6})?\+00:00"
+# Hours, minutes and seconds in range and no year 0000: DuckDB casts 24:00 to the next midnight and 0000 to
+# 1 BC, where ``datetime.fromisoformat`` refuses both (tests/io/test_ingest_sql_edges.py).
+_TS = (
+    r"(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-[0-9]{2}-[0-9]{2}"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{6})?\+00:00"
+)
 _SCORE = "0|[1-9][0-9]{0,2}"
-_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+# No sign: a probability is never negative, and JSON -0 is the integer 0 to Python but -0.0 as a DOUBLE cast.
+_NUMBER = r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _CLIENT = "[a-z0-9][a-z0-9._-]{0,62}"
 assert predlog._CLIENT.pattern == _CLIENT  # one client rule
 
@@ -261,11 +267,37 @@ FROM own LEFT JOIN fb USING (prediction_id)
 """
 
 
+def _index_unseen_window_days(conn: Any, logs: Path, day: date) -> None:
+    """Index the ids of window days that were never ingested, from their logs, so orphans match the reference.
+
+    A backfill may ingest a day before the earlier days of its window; the reference reader reads their logs,
+    so without this their late feedback would count as orphans here. Only days with no index rows at all and
+    a log are read; their own ingestion later replaces these rows (and stores their quarantine).
+    """
+    window = [day - timedelta(days=off) for off in range(1, predlog.FEEDBACK_WINDOW_DAYS + 1)]
+    indexed = {
+        d
+        for (d,) in conn.execute(
+            f"SELECT DISTINCT partition_date FROM {PREDICTION_IDS} WHERE partition_date BETWEEN ? AND ?",
+            [window[-1], window[0]],
+        ).fetchall()
+    }
+    for earlier in window:
+        files = predlog.day_files(logs / predlog.PREDICTIONS, earlier)
+        if earlier in indexed or not files:
+            continue
+        _create_stage(conn)
+        for idx, path in enumerate(files):
+            _stage_file(conn, predlog.PREDICTIONS, path, idx, 0)
+        conn.execute(f"INSERT INTO {PREDICTION_IDS} SELECT DISTINCT ?, prediction_id FROM p_stage", [earlier])
+
+
 def ingest_day(conn: Any, logs_dir: Path, day: date) -> DayCounts:
     """Replace ``day``'s partition, id index and quarantine from the log; the same result every time it runs."""
     create_tables(conn)
-    _create_stage(conn)
     logs = Path(logs_dir)
+    _index_unseen_window_days(conn, logs, day)
+    _create_stage(conn)
     for idx, path in enumerate(predlog.day_files(logs / predlog.PREDICTIONS, day)):
         _stage_file(conn, predlog.PREDICTIONS, path, idx, 0)
     for off in range(predlog.FEEDBACK_WINDOW_DAYS + 1):
