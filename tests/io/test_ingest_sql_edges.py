@@ -93,3 +93,59 @@ def test_feedback_for_a_window_day_not_yet_ingested_is_not_an_orphan(tmp_path: P
         # ... and indexing yesterday on the way did not stand in for ingesting it.
         assert ingest_sql.ingest_day(conn, tmp_path, yesterday).rows == 1
         assert ingest_sql.ingest_day(conn, tmp_path, DAY).orphan_feedback == reference.orphan_feedback
+
+
+def _mutations(seed: int, n: int) -> list[str]:
+    """Canonical lines with one random byte-level edit each: the fast path must never accept what Python would
+    refuse or read differently, whatever the edit hits (a digit, a quote, a brace, a key)."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = '0123456789abcdefABCDEF-:.T+Z"{}[],\\ e\t\u00e9\ufffd'
+    out = []
+    for i in range(n):
+        line = _canonical(f"2026-11-20T{i % 24:02d}:{i % 60:02d}:{(7 * i) % 60:02d}.{i:06d}+00:00", "0.5")
+        at = rng.randrange(len(line))
+        edit = rng.choice(["replace", "insert", "delete"])
+        ch = rng.choice(alphabet)
+        if edit == "replace":
+            line = line[:at] + ch + line[at + 1 :]
+        elif edit == "insert":
+            line = line[:at] + ch + line[at:]
+        else:
+            line = line[:at] + line[at + 1 :]
+        out.append(line.replace("\n", "") + "\n")
+    return out
+
+
+def test_randomly_edited_lines_are_judged_exactly_as_the_reference_judges_them(tmp_path: Path) -> None:
+    path = predlog.day_file(tmp_path / predlog.PREDICTIONS, DAY)
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(_mutations(5, 3000)))
+    reference = predlog.day_batch(tmp_path, DAY)
+    with duckdb.connect() as conn:
+        counts = ingest_sql.ingest_day(conn, tmp_path, DAY)
+        stored = conn.execute(
+            f"SELECT line_no, raw, reason FROM {ingest_sql.QUARANTINE} ORDER BY line_no"
+        ).fetchall()
+        rows = conn.execute(
+            f"SELECT prediction_id, timestamp, model_version, client, reading_score, writing_score, "
+            f"pass_probability, predicted_pass FROM {ingest_sql.BATCHES} ORDER BY prediction_id"
+        ).fetchall()
+    assert stored == [(q["line_no"], q["raw"], q["reason"]) for q in reference.quarantined]
+    assert counts.rows == len(reference.frame) and 100 < counts.rows < 3000
+    frame = reference.frame.sort_values("prediction_id")
+    expected = [
+        (
+            r.prediction_id,
+            r.timestamp.to_pydatetime(),
+            r.model_version,
+            r.client,
+            r.reading_score,
+            r.writing_score,
+            r.pass_probability,
+            r.predicted_pass,
+        )
+        for r in frame.itertuples()
+    ]
+    assert rows == expected
