@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 
 from exampass_pipeline.contract import predlog
 from exampass_pipeline.io import ingest_sql
@@ -149,3 +150,67 @@ def test_randomly_edited_lines_are_judged_exactly_as_the_reference_judges_them(t
         for r in frame.itertuples()
     ]
     assert rows == expected
+
+
+def test_randomly_edited_feedback_lines_are_judged_exactly_as_the_reference_judges_them(
+    tmp_path: Path,
+) -> None:
+    import random
+
+    rng = random.Random(9)
+    log = predlog.PredictionLog(tmp_path)
+    ids = [
+        log.log_prediction(
+            STUDENT, 0.5, True, "1", client="school-1", at=datetime(2026, 11, 20, 9, tzinfo=UTC)
+        )["prediction_id"]
+        for _ in range(200)
+    ]
+    log.close()
+    lines = []
+    for i in range(3000):
+        line = predlog.encode_record(
+            {
+                "prediction_id": rng.choice(ids),
+                "timestamp": f"2026-11-20T{i % 24:02d}:{i % 60:02d}:00.{i:06d}+00:00",
+                "client": "school-2",
+                "math_score": rng.randint(0, 100),
+            }
+        ).decode()
+        at = rng.randrange(len(line) - 1)
+        year = line.index('"timestamp":"') + 13
+        if year <= at < year + 4:  # a valid year outside pandas' range would crash the reference's frame
+            at += 4
+        ch = rng.choice('0123456789abcdef-:.T+"{},\\ e')
+        line = rng.choice(
+            [line[:at] + ch + line[at + 1 :], line[:at] + ch + line[at:], line[:at] + line[at + 1 :]]
+        )
+        lines.append(line.replace("\n", "") + "\n")
+    path = predlog.day_file(tmp_path / predlog.FEEDBACK, DAY)
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(lines))
+    reference = predlog.day_batch(tmp_path, DAY)
+    with duckdb.connect() as conn:
+        counts = ingest_sql.ingest_day(conn, tmp_path, DAY)
+        stored = conn.execute(
+            f"SELECT line_no, raw, reason FROM {ingest_sql.QUARANTINE} ORDER BY line_no"
+        ).fetchall()
+        joined = conn.execute(
+            f"SELECT prediction_id, math_score, feedback_timestamp, feedback_client FROM {ingest_sql.BATCHES} "
+            "ORDER BY prediction_id"
+        ).fetchall()
+    assert stored == [(q["line_no"], q["raw"], q["reason"]) for q in reference.quarantined]
+    assert (counts.feedback_lines, counts.orphan_feedback) == (
+        reference.feedback_lines,
+        reference.orphan_feedback,
+    )
+    assert 100 < counts.feedback_lines < 3000 and counts.orphan_feedback > 0
+    frame = reference.frame.sort_values("prediction_id")
+    assert joined == [
+        (
+            r.prediction_id,
+            None if pd.isna(r.math_score) else int(r.math_score),
+            None if pd.isna(r.feedback_timestamp) else r.feedback_timestamp.to_pydatetime(),
+            None if pd.isna(r.feedback_client) else r.feedback_client,
+        )
+        for r in frame.itertuples()
+    ]
