@@ -486,6 +486,7 @@ def _batch_frame(rows: list[dict[str, Any]]) -> Any:
         }
     )
     frame["partition_date"] = pd.Series(frame["partition_date"], dtype=pd.ArrowDtype(pa.date32()))
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).astype("datetime64[us]")
-    frame["feedback_timestamp"] = pd.to_datetime(frame["feedback_timestamp"]).astype("datetime64[us]")
+    # Straight to microseconds: through pandas' default nanoseconds a valid year past 2262 would overflow.
+    for column in ("timestamp", "feedback_timestamp"):
+        frame[column] = pd.Series(frame[column].tolist(), dtype="datetime64[us]", index=frame.index)
     return frame

@@ -214,3 +214,15 @@ def test_randomly_edited_feedback_lines_are_judged_exactly_as_the_reference_judg
         )
         for r in frame.itertuples()
     ]
+
+
+def test_a_valid_timestamp_past_pandas_nanosecond_range_is_read_by_both(tmp_path: Path) -> None:
+    path = predlog.day_file(tmp_path / predlog.PREDICTIONS, DAY)
+    path.parent.mkdir(parents=True)
+    path.write_text(_canonical("2826-11-20T10:00:00+00:00") + _canonical("2026-11-20T10:00:00+00:00"))
+    reference = predlog.day_batch(tmp_path, DAY)
+    with duckdb.connect() as conn:
+        counts = ingest_sql.ingest_day(conn, tmp_path, DAY)
+        stamps = conn.execute(f"SELECT timestamp FROM {ingest_sql.BATCHES} ORDER BY timestamp").fetchall()
+    assert counts.rows == len(reference.frame) == 2
+    assert [s for (s,) in stamps] == sorted(t.to_pydatetime() for t in reference.frame["timestamp"])
