@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import special
 
 from exampass_pipeline.contract import schema
-from exampass_pipeline.monitoring import drift
+from exampass_pipeline.monitoring import drift, ks_sql
 
 
 def cell_aggregates(conn: Any, relation: str) -> pd.DataFrame:
@@ -99,4 +99,40 @@ def data_drift_sql(
         min_rows=min_rows,
         method=drift.METHOD,
         what="data",
+    )
+
+
+def prediction_drift_sql(
+    reference_probs: Any, conn: Any, relation: str, *, alpha: float = 0.05, min_rows: int = 50
+) -> drift.DriftDecision:
+    """``drift.prediction_drift(reference_probs, relation's pass_probability)``: the KS test exact from
+    counts (``ks_sql``), the same refusal of a value that is not a probability, the same decision."""
+    drift._check_args(alpha, min_rows)
+    ref = drift._probabilities(reference_probs, "reference")
+    column = drift.PROBABILITY
+    n, missing, mean, bad = conn.execute(
+        f'SELECT count(*), count(*) - count("{column}"), avg("{column}"), '
+        f'min("{column}") FILTER (WHERE NOT ("{column}" BETWEEN 0 AND 1) OR isnan("{column}")) FROM {relation}'
+    ).fetchone() or (0, 0, None, None)
+    if missing or bad is not None:  # as drift._probabilities: fail closed, never judge around a bad value
+        raise ValueError(f"current.{column}: {math.nan if missing else bad!r} is not a probability in [0, 1]")
+    statistic, p_value = ks_sql.ks_test_sql(conn, ref, relation, column)
+    results = {
+        column: {
+            "test": "ks",
+            "statistic": statistic,
+            "p_value": p_value,
+            "weight": 1.0,
+            "reference_mean": float(ref.mean()) if ref.size else math.nan,
+            "current_mean": float(mean) if n and mean is not None else math.nan,
+        }
+    }
+    return drift._judge(
+        results,
+        n_reference=int(ref.size),
+        n_current=int(n),
+        alpha=alpha,
+        min_rows=min_rows,
+        method=drift.PREDICTION_METHOD,
+        what="prediction",
     )

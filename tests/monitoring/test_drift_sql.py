@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -43,3 +44,30 @@ def test_an_empty_day_is_not_judged() -> None:
         got = drift_sql.data_drift_sql(reference, conn, "day")
     assert got.status == "warn" and got.passed and got.n_current == 0
     assert pd.isna(got.columns[schema.READING_SCORE]["mean_shift"])
+
+
+@pytest.mark.parametrize(("shift", "n"), [(0.0, 80), (0.0, 20_000), (0.05, 3000), (0.0, 10)])
+def test_prediction_drift_from_counts_is_prediction_drift(shift: float, n: int) -> None:
+    rng = np.random.default_rng(3)
+    reference = np.round(rng.beta(4, 2, 400), 3)  # ties, as the held-out probabilities have
+    current = np.clip(np.round(rng.beta(4, 2, n), 6) - shift, 0, 1)
+    expected = drift.prediction_drift(reference, current)
+    with duckdb.connect() as conn:
+        conn.register("day_rows", pd.DataFrame({"pass_probability": current}))
+        conn.execute("CREATE TABLE day AS SELECT * FROM day_rows")
+        got = drift_sql.prediction_drift_sql(reference, conn, "day")
+    assert (got.status, got.passed, got.n_current) == (expected.status, expected.passed, expected.n_current)
+    for key in ("statistic", "p_value", "adjusted_p_value", "reference_mean", "current_mean"):
+        assert got.columns["pass_probability"][key] == pytest.approx(
+            expected.columns["pass_probability"][key], rel=1e-9, abs=1e-12
+        ), key
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, None])
+def test_a_value_that_is_not_a_probability_fails_closed(bad: float | None) -> None:
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE day (pass_probability DOUBLE)")
+        conn.execute("INSERT INTO day SELECT 0.5 FROM range(100)")
+        conn.execute("INSERT INTO day VALUES (?)", [bad])
+        with pytest.raises(ValueError, match="current.pass_probability: .* is not a probability"):
+            drift_sql.prediction_drift_sql(np.linspace(0, 1, 100), conn, "day")
