@@ -15,7 +15,7 @@ from dagster_duckdb import DuckDBResource
 from exampass_pipeline.contract import predlog, schema
 from exampass_pipeline.defs.partitions import daily_partitions
 from exampass_pipeline.defs.resources import ExamPassPaths
-from exampass_pipeline.io import ingest_sql
+from exampass_pipeline.io import ingest_sql, log_segments
 from exampass_pipeline.io.warehouse import WAREHOUSE_SCHEMA
 from exampass_pipeline.ml import dataset
 
@@ -91,6 +91,8 @@ def prediction_batches(
             description=f"the log files of {day} were deleted by log retention on {deleted}; the rows ingested "
             "before are kept as they are (EXAMPASS_LOG_RETENTION_DAYS)"
         )
+    # Segments no writer uses any more are compressed here, off the API's request path (io.log_segments).
+    compressed = log_segments.compact(paths.logs, datetime.now(UTC))
     with warehouse.get_connection() as conn:
         ingest_sql.configure(conn)
         counts = ingest_sql.ingest_day(conn, paths.logs, day)
@@ -103,6 +105,7 @@ def prediction_batches(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": counts.rows,
+            "segments_compressed": len(compressed),
             "labelled_rows": counts.labelled,
             "quarantined_lines": counts.quarantined,
             "orphan_feedback": counts.orphan_feedback,
