@@ -12,7 +12,7 @@ export EXAMPASS_DATA ?= $(firstword $(wildcard $(CURDIR)/data/StudentsPerformanc
 MLFLOW_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(EXAMPASS_HOME)/mlflow/mlflow.db}
 
 .PHONY: install run train serve mlflow-ui test lint format demo bench bench-model bench-ceiling bench-serve bench-drift \
-	bench-segments bench-poisoning bench-advice backfill screenshots system-deps lock-upgrade clean
+	bench-segments bench-poisoning bench-advice bench-scale backfill screenshots system-deps lock-upgrade clean
 
 # Installs exactly what uv.lock pins (never resolves afresh). uv comes from PATH, else from the venv, else it is
 # bootstrapped from PyPI into the venv at the version the lock pins; uv never downloads a Python either.
@@ -78,6 +78,9 @@ bench-drift: install
 
 bench-segments: install
 	$(BIN)/python benchmarks/segment_warnings.py
+
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py
 
 bench-poisoning: install
 	$(BIN)/python benchmarks/poisoning.py

@@ -19,6 +19,11 @@ reference of <= 1000 rows) and its own test implementations at its default thres
 being enough ("any column drifted", i.e. DataDriftPreset's drift share set to 1/7). That skips only the plotly
 rendering, which costs ~1.5 s per batch; the first ``--verify-reports`` batches are also run through a full
 ``Report([DataDriftPreset()])`` and must flag exactly the same columns.
+
+The pipeline judges a day from DuckDB aggregates (``monitoring.drift_sql``), not from the frame. The
+``--sql-batches`` pairs (every size above plus days of 20,000 and 200,000 synthetic rows, undrifted and
+drifted) are judged both ways and must give the same verdict and drifted columns: the SQL path is exactly as
+strict as ``drift.data_drift`` at every size, since it never samples.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -41,7 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.model_quality import DEFAULT_DATA, load_students  # noqa: E402
 from exampass_pipeline.contract import schema  # noqa: E402
 from exampass_pipeline.ml import modeling, synthetic  # noqa: E402
-from exampass_pipeline.monitoring import drift  # noqa: E402
+from exampass_pipeline.monitoring import drift, drift_sql  # noqa: E402
 
 DATA = DEFAULT_DATA.resolve()
 SIZES = (50, 100, 300)
@@ -136,6 +142,39 @@ def rate(
     return hits / count, count, spent
 
 
+LARGE_SIZES = (20_000, 200_000)
+
+
+def sql_agreement(batches: Batches, count: int) -> tuple[int, int, float, float]:
+    """(pairs judged, pairs whose SQL verdict differs, pandas seconds, SQL seconds) over undrifted and
+    drifted pairs at every size; the large days a tenth as often (they cost 1,000x more rows)."""
+    pairs: list[tuple[pd.DataFrame, pd.DataFrame]] = []
+    for i in range(count):
+        n = SIZES[i % len(SIZES)]
+        pairs.append(batches.undrifted(n, i) if i % 2 == 0 else batches.drifted(DRIFT_SCENARIOS[i % 3], n, i))
+    for i in range(max(1, count // 10)):
+        n = LARGE_SIZES[i % len(LARGE_SIZES)]
+        reference, _ = batches.reference_and_pool(seed=3_000_017 + i)
+        scenario = ("none", "lunch_shift", "score_decline")[i % 3]
+        pairs.append((reference, synthetic.sample(n, seed=5_000_011 + i, scenario=scenario)))
+    differ, t_pandas, t_sql = 0, 0.0, 0.0
+    with duckdb.connect() as conn:
+        conn.execute("SET threads = 2")
+        for reference, current in tqdm(pairs, desc="SQL vs pandas", file=sys.stderr, leave=False):
+            t0 = time.perf_counter()
+            expected = drift.data_drift(reference, current)
+            t1 = time.perf_counter()
+            conn.register("day_rows", current[list(schema.FEATURES)])
+            conn.execute("CREATE OR REPLACE TABLE day AS SELECT * FROM day_rows")
+            t2 = time.perf_counter()
+            got = drift_sql.data_drift_sql(reference, conn, "day")
+            t3 = time.perf_counter()
+            conn.unregister("day_rows")
+            differ += (got.status, got.drifted_columns) != (expected.status, expected.drifted_columns)
+            t_pandas, t_sql = t_pandas + t1 - t0, t_sql + t3 - t2
+    return len(pairs), differ, t_pandas, t_sql
+
+
 def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -153,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-batches", type=int, default=500, help="drifted batches per scenario and n")
     parser.add_argument("--evidently-batches", type=int, default=400, help="batches per cell for Evidently")
     parser.add_argument("--verify-reports", type=int, default=10, help="batches checked with a full Report")
+    parser.add_argument("--sql-batches", type=int, default=300, help="pairs judged from SQL aggregates too")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if not DATA.exists():
@@ -182,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
             f"Evidently shortcut vs full Report on {args.verify_reports} batches: "
             f"{'identical' if mismatches == 0 else f'{mismatches} MISMATCHES'} "
             f"(full Report {verify_seconds / args.verify_reports:.2f} s/batch)",
+            flush=True,
+        )
+
+    sql_pairs, sql_differ, sql_pandas, sql_seconds = sql_agreement(batches, args.sql_batches)
+    if args.sql_batches:
+        print(
+            f"SQL aggregates (drift_sql) vs data_drift on {sql_pairs} pairs (n = {SIZES} and {LARGE_SIZES}): "
+            f"{'identical verdicts' if sql_differ == 0 else f'{sql_differ} DIFFERENT verdicts'} "
+            f"(pandas {sql_pandas:.1f} s, SQL {sql_seconds:.1f} s in all)",
             flush=True,
         )
 
@@ -282,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"- {'PASS' if passed else 'FAIL'}: Evidently shortcut matches the full Report "
             f"({args.verify_reports} batches)"
+        )
+    if args.sql_batches:
+        passed = sql_differ == 0
+        ok &= passed
+        print(
+            f"- {'PASS' if passed else 'FAIL'}: the SQL-aggregate verdict equals data_drift's "
+            f"({sql_pairs} pairs, up to {LARGE_SIZES[-1]:,} rows)"
         )
     print(f"\nTotal {time.perf_counter() - started:.0f} s.")
     return 0 if ok else 1

@@ -8,11 +8,11 @@ The reader still treats every line as untrusted: anything malformed is quarantin
 
 from __future__ import annotations
 
+import gzip
 import json
-import math
 import os
-import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +23,11 @@ from typing import Any
 
 import orjson
 
-from exampass_pipeline.contract import schema
+from exampass_pipeline.contract import logrecords, schema
 from exampass_pipeline.contract.logfile import write_line
+
+_CLIENT = logrecords.CLIENT  # the one client-name rule, which io.ingest_sql's SQL repeats
+UNATTRIBUTED = logrecords.UNATTRIBUTED  # lines written before clients were recorded
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
@@ -37,6 +40,22 @@ def utc_now() -> datetime:
 def day_file(directory: Path, day: date) -> Path:
     """Logs are cut by UTC day so that a daily partition maps to exactly one file."""
     return directory / f"{day.isoformat()}.jsonl"
+
+
+def day_files(directory: Path, day: date) -> list[Path]:
+    """Every file holding ``day``'s lines of one kind, in reading order.
+
+    The day file of old (``<day>.jsonl``) first, then the day's segments (``<day>/<name>.jsonl`` or, once
+    closed and compressed, ``.jsonl.gz``) sorted by name; a segment and its compressed copy never both count.
+    """
+    found = [day_file(directory, day)] if day_file(directory, day).exists() else []
+    folder = Path(directory) / day.isoformat()
+    if folder.is_dir():
+        names = {p.name: p for p in folder.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz"))}
+        for name in sorted({n.removesuffix(".gz") for n in names}):
+            # While compressing, both exist: the plain one is complete, the .gz may not be yet.
+            found.append(names.get(name) or names[name + ".gz"])
+    return found
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
@@ -57,46 +76,111 @@ class JsonlAppender:
 
     Descriptors are cached per day so the hot path costs one syscall; the lock guards only the cache, not the
     write, because ``O_APPEND`` writes of a regular file are atomic with respect to each other.
+
+    With ``segment_bytes``, the day is written as segments ``<day>/<HH>-<pid>-<n>.jsonl`` (HH: the UTC hour it
+    was opened), a new one once it holds ``segment_bytes`` or the wall-clock hour changes, so the pipeline can
+    compress closed ones during the day (``io.log_segments``): none is written after its hour. Names are made
+    with ``O_EXCL``, skipping any whose ``.gz`` exists: a restarted writer with the same pid (pid 1 in a
+    container) never appends to a segment the pipeline compressed.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, segment_bytes: int | None = None) -> None:
+        if segment_bytes is not None and segment_bytes < 1:
+            raise ValueError(f"segment_bytes: {segment_bytes!r} must be positive (or None for day files)")
         self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
         self._fds: dict[date, int] = {}
+        self._opened: dict[
+            int, tuple[int, int]
+        ] = {}  # segment descriptor -> (wall hour opened, bytes written)
+        self._retired: list[int] = []
+        self._seq = 0
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+
+    def _full(self, fd: int) -> bool:
+        if self.segment_bytes is None:
+            return False
+        hour, size = self._opened.get(fd, (-1, 0))
+        return size >= self.segment_bytes or hour != int(time.time() // 3600)
+
+    def _open(self, day: date) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        if self.segment_bytes is None:
+            return os.open(day_file(self.directory, day), flags, 0o600)
+        folder = self.directory / day.isoformat()
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        hour = int(time.time() // 3600)
+        while True:
+            self._seq += 1
+            path = folder / f"{hour % 24:02d}-{os.getpid()}-{self._seq:04d}.jsonl"
+            if path.with_name(path.name + ".gz").exists():
+                continue
+            try:
+                fd = os.open(path, flags | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            self._opened[fd] = (hour, 0)
+            return fd
 
     def _fd(self, day: date) -> int:
         fd = self._fds.get(day)
-        if fd is not None:
+        if fd is not None and not self._full(fd):
             return fd
         with self._lock:
             fd = self._fds.get(day)
-            if fd is None:
+            if fd is None or self._full(fd):
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(day_file(self.directory, day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                # Keep at most two days open: today and the one we are rolling over from.
-                for old in sorted(self._fds)[:-1]:
-                    os.close(self._fds.pop(old))
-                self._fds[day] = fd
+                new = self._open(day)
+                # At most two days open; a replaced descriptor is closed at the next rotation.
+                retiring = [] if fd is None else [fd]
+                retiring += [self._fds.pop(old) for old in sorted(d for d in self._fds if d != day)[:-1]]
+                for stale in self._retired:
+                    os.close(stale)
+                    self._opened.pop(stale, None)
+                self._retired = retiring
+                self._fds[day] = fd = new
             return fd
 
     def append(self, record: Mapping[str, Any], at: datetime) -> None:
-        self._write(self._fd(at.astimezone(UTC).date()), record)
+        self._append_day(at.astimezone(UTC).date(), record)
 
-    def appender(self, at: datetime) -> Callable[[Mapping[str, Any]], None]:
+    def _append_day(self, day: date, record: Mapping[str, Any]) -> None:
+        if self.segment_bytes is None:
+            self._write(self._fd(day), record)
+            return
+        # Segments rotate often; the lock makes "look up the descriptor, write" one step, so a rotation can
+        # never close a descriptor (whose number the kernel may hand out again) under a write. O_APPEND writes
+        # of one file are serialized by the kernel anyway, so threads lose next to nothing.
+        with self._write_lock:
+            fd = self._fd(day)
+            written = self._write(fd, record)
+            hour, size = self._opened[fd]
+            self._opened[fd] = (hour, size + written)
+
+    def appender(self, at: datetime) -> Callable[[Mapping[str, Any]], object]:
         """A function appending records to ``at``'s day file: for many records stamped at one instant.
 
-        The day and its descriptor are resolved once; each record is still its own single ``write``.
+        The day and its descriptor are resolved once (with segments, the day only: a batch may span a
+        rotation); each record is still its own single ``write``.
         """
-        return partial(self._write, self._fd(at.astimezone(UTC).date()))
+        day = at.astimezone(UTC).date()
+        if self.segment_bytes is not None:
+            return partial(self._append_day, day)
+        return partial(self._write, self._fd(day))
 
-    def _write(self, fd: int, record: Mapping[str, Any]) -> None:
-        write_line(fd, encode_record(record), self.directory)  # whole line or nothing, else LogUnavailable
+    def _write(self, fd: int, record: Mapping[str, Any]) -> int:
+        line = encode_record(record)
+        write_line(fd, line, self.directory)  # whole line or nothing, else LogUnavailable
+        return len(line)
 
     def close(self) -> None:
         with self._lock:
-            for fd in self._fds.values():
+            for fd in [*self._fds.values(), *self._retired]:
                 os.close(fd)
             self._fds.clear()
+            self._retired.clear()
+            self._opened.clear()
 
 
 def _prediction_record(
@@ -123,9 +207,10 @@ def _prediction_record(
 class PredictionLog:
     """Writer for the API and the simulator: both must produce byte-identical records."""
 
-    def __init__(self, logs_dir: Path) -> None:
-        self.predictions = JsonlAppender(Path(logs_dir) / PREDICTIONS)
-        self.feedback = JsonlAppender(Path(logs_dir) / FEEDBACK)
+    def __init__(self, logs_dir: Path, segment_bytes: int | None = None) -> None:
+        """``segment_bytes``: write hourly segments of at most about that size instead of one file per day."""
+        self.predictions = JsonlAppender(Path(logs_dir) / PREDICTIONS, segment_bytes)
+        self.feedback = JsonlAppender(Path(logs_dir) / FEEDBACK, segment_bytes)
 
     def log_prediction(
         self,
@@ -201,104 +286,67 @@ class ReadResult:
     quarantined: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _parse_timestamp(value: object) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError("timestamp is not a string")
-    ts = datetime.fromisoformat(value)
-    if ts.tzinfo is None:
-        raise ValueError("timestamp has no timezone")
-    return ts.astimezone(UTC)
+_CHECKERS = {PREDICTIONS: logrecords.check_prediction, FEEDBACK: logrecords.check_feedback}
 
 
-# Lines written before clients were recorded have none; they stay usable, marked as such.
-UNATTRIBUTED = "unattributed"
-_CLIENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-
-
-def _client(obj: Mapping[str, Any]) -> str:
-    client = obj.get("client", UNATTRIBUTED)
-    if not isinstance(client, str) or not _CLIENT.fullmatch(client):
-        raise ValueError(f"client {schema.shown(client)} is not a client name")
-    return client
-
-
-def _check_prediction(obj: Mapping[str, Any]) -> dict[str, Any]:
-    uuid.UUID(str(obj["prediction_id"]))
-    inputs = obj["inputs"]
-    if not isinstance(inputs, Mapping):
-        raise ValueError("inputs is not an object")
-    errors = schema.validate_record(inputs)
-    if errors:
-        raise ValueError("; ".join(map(str, errors)))
-    p = obj["pass_probability"]
-    if not isinstance(p, int | float) or isinstance(p, bool) or not (0.0 <= p <= 1.0) or math.isnan(p):
-        raise ValueError(f"pass_probability {p!r} is not a probability")
-    if not isinstance(obj["predicted_pass"], bool):
-        raise ValueError("predicted_pass is not a boolean")
-    return {
-        "prediction_id": str(obj["prediction_id"]),
-        "timestamp": _parse_timestamp(obj["timestamp"]),
-        "model_version": str(obj["model_version"]),
-        "client": _client(obj),
-        **{
-            name: inputs[name] if name in schema.CATEGORIES else int(inputs[name]) for name in schema.FEATURES
-        },
-        "pass_probability": float(p),
-        "predicted_pass": obj["predicted_pass"],
-    }
-
-
-def _check_feedback(obj: Mapping[str, Any]) -> dict[str, Any]:
-    uuid.UUID(str(obj["prediction_id"]))
-    err = schema.score_error(obj["math_score"])
-    if err:
-        raise ValueError(f"math_score: {err}")
-    return {
-        "prediction_id": str(obj["prediction_id"]),
-        "timestamp": _parse_timestamp(obj["timestamp"]),
-        "client": _client(obj),
-        "math_score": int(obj["math_score"]),
-    }
-
-
-_CHECKERS = {PREDICTIONS: _check_prediction, FEEDBACK: _check_feedback}
+def open_segment(path: Path) -> Any:
+    """A log file for reading as bytes: closed segments are gzip-compressed (``*.jsonl.gz``), others plain."""
+    return gzip.open(path, "rb") if Path(path).name.endswith(".gz") else open(path, "rb")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as fh:
+    with open_segment(path) as fh:
         yield from enumerate(fh, start=1)
+
+
+def parse_line(text: str, kind: str, *, terminated: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """One decoded log line (with its newline, if it had one): the record, or None and why not.
+
+    The single definition of what a line means and of every quarantine reason; ``read_log`` is built on it, and
+    the pipeline's SQL ingestion (``monitoring.ingest_sql``) hands it every line its fast path did not accept,
+    so both readers give the same records and the same reasons.
+    """
+    if not terminated:
+        return None, "truncated line (no newline)"
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        return _CHECKERS[kind](obj), None
+    except KeyError as exc:
+        return None, f"missing field {exc.args[0]!r}"
+    except (ValueError, TypeError) as exc:
+        return None, str(exc) or type(exc).__name__
+
+
+def quarantine_row(path: Path | str, line_no: int, text: str, reason: str) -> dict[str, Any]:
+    """A quarantined line as stored: the file, the 1-based line number, the line (cut short) and the reason."""
+    return {"file": str(path), "line_no": line_no, "raw": text.rstrip("\n")[:2000], "reason": reason}
 
 
 def read_log(path: Path, kind: str) -> ReadResult:
     """Parse one day file; a missing file is an empty day, not an error."""
-    check = _CHECKERS[kind]
     result = ReadResult()
     if not Path(path).exists():
         return result
     for line_no, raw in _lines(Path(path)):
         text = raw.decode("utf-8", errors="replace")
-        reason: str | None = None
-        if not raw.endswith(b"\n"):
-            reason = "truncated line (no newline)"
+        record, reason = parse_line(text, kind, terminated=raw.endswith(b"\n"))
+        if record is not None:
+            result.records.append(record)
         else:
-            try:
-                obj = json.loads(text)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-                result.records.append(check(obj))
-                continue
-            except KeyError as exc:
-                reason = f"missing field {exc.args[0]!r}"
-            except (ValueError, TypeError) as exc:
-                reason = str(exc) or type(exc).__name__
-        result.quarantined.append(
-            {"file": str(path), "line_no": line_no, "raw": text.rstrip("\n")[:2000], "reason": reason}
-        )
+            result.quarantined.append(quarantine_row(path, line_no, text, reason or "unreadable"))
     return result
 
 
 def read_day(logs_dir: Path, kind: str, day: date) -> ReadResult:
-    return read_log(day_file(Path(logs_dir) / kind, day), kind)
+    """The reference reader of one day: every file of the day, in ``day_files`` order."""
+    result = ReadResult()
+    for path in day_files(Path(logs_dir) / kind, day):
+        part = read_log(path, kind)
+        result.records.extend(part.records)
+        result.quarantined.extend(part.quarantined)
+    return result
 
 
 FEEDBACK_WINDOW_DAYS = 7
@@ -315,13 +363,17 @@ def readers_of(kind: str, day: date) -> list[date]:
 
 
 def expired_day_files(logs_dir: Path, keep_days: int, today: date) -> list[tuple[str, date, Path]]:
-    """Day files (kind, day, path) whose day is more than ``keep_days`` before ``today``, oldest first."""
+    """Day files and segments (kind, day, path) whose day is more than ``keep_days`` before ``today``, oldest
+    first; a segment is judged and deleted like a day file, on its own modification time."""
     cutoff = today.toordinal() - keep_days
     found: list[tuple[str, date, Path]] = []
     for kind in (PREDICTIONS, FEEDBACK):
-        for path in sorted((Path(logs_dir) / kind).glob("????-??-??.jsonl")):
+        folder = Path(logs_dir) / kind
+        candidates = [(p.stem, p) for p in folder.glob("????-??-??.jsonl")]
+        candidates += [(p.parent.name, p) for p in folder.glob("????-??-??/*.jsonl*")]  # segments
+        for stem, path in sorted(candidates):
             try:
-                day = date.fromisoformat(path.stem)
+                day = date.fromisoformat(stem)
             except ValueError:
                 continue  # not one of ours
             if day.toordinal() < cutoff:
@@ -440,6 +492,7 @@ def _batch_frame(rows: list[dict[str, Any]]) -> Any:
         }
     )
     frame["partition_date"] = pd.Series(frame["partition_date"], dtype=pd.ArrowDtype(pa.date32()))
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).astype("datetime64[us]")
-    frame["feedback_timestamp"] = pd.to_datetime(frame["feedback_timestamp"]).astype("datetime64[us]")
+    # Straight to microseconds: through pandas' default nanoseconds a valid year past 2262 would overflow.
+    for column in ("timestamp", "feedback_timestamp"):
+        frame[column] = pd.Series(frame[column].tolist(), dtype="datetime64[us]", index=frame.index)
     return frame

@@ -160,3 +160,29 @@ def test_empty_day_still_has_typed_columns(tmp_path: Path) -> None:
     assert types["reading_score"] == "BIGINT"
     assert types["pass_probability"] == "DOUBLE"
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_day_files_and_retention_see_segments(tmp_path: Path) -> None:
+    """A day may be an old day file plus segments; a segment being compressed is read once, plain."""
+    folder = tmp_path / predlog.PREDICTIONS
+    old = DAY - timedelta(days=40)
+    seg = folder / old.isoformat()
+    seg.mkdir(parents=True)
+    for name in ("01-7-0.jsonl.gz", "00-7-0.jsonl", "00-7-1.jsonl", "00-7-1.jsonl.gz", "notes.txt"):
+        (seg / name).write_bytes(b"")
+    predlog.day_file(folder, old).write_bytes(b"")
+    assert [p.name for p in predlog.day_files(folder, old)] == [
+        f"{old.isoformat()}.jsonl",
+        "00-7-0.jsonl",
+        "00-7-1.jsonl",
+        "01-7-0.jsonl.gz",
+    ]
+    expired = predlog.expired_day_files(tmp_path, keep_days=30, today=DAY)
+    assert {p.name for _, day, p in expired if day == old} == {
+        f"{old.isoformat()}.jsonl",
+        "00-7-0.jsonl",
+        "00-7-1.jsonl",
+        "00-7-1.jsonl.gz",
+        "01-7-0.jsonl.gz",
+    }
+    assert predlog.expired_day_files(tmp_path, keep_days=60, today=DAY) == []

@@ -152,3 +152,17 @@ def test_quality_report_refuses_bad_input(setup: dict, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="threshold"):
         reports.quality_report(setup["day"], 1.5, tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()  # nothing half-written
+
+
+def test_quality_report_draws_evidently_from_a_sample_and_scores_every_row(
+    setup: dict, tmp_path: Path
+) -> None:
+    day, threshold = setup["day"], setup["threshold"]
+    whole = reports.quality_report(day, threshold, tmp_path / "whole.html")
+    drawn = reports.quality_report(day, threshold, tmp_path / "drawn.html", evidently_rows=120)
+    page = _text(tmp_path / "drawn.html")
+    assert f"seeded random sample of 120 of the day&#x27;s {len(day)} labelled rows" in page
+    assert "drawDashboard" in page
+    ours = {k: v for k, v in whole.items() if not k.startswith("evidently_")}
+    assert {k: v for k, v in drawn.items() if not k.startswith("evidently_")} == ours
+    assert "sample" not in _text(tmp_path / "whole.html").split("<h2>Evidently")[0]

@@ -15,10 +15,11 @@ from dagster_duckdb import DuckDBResource
 from exampass_pipeline.contract import predlog, schema
 from exampass_pipeline.defs.partitions import daily_partitions
 from exampass_pipeline.defs.resources import ExamPassPaths
+from exampass_pipeline.io import ingest_sql, log_segments
 from exampass_pipeline.io.warehouse import WAREHOUSE_SCHEMA
 from exampass_pipeline.ml import dataset
 
-QUARANTINE_TABLE = f"{WAREHOUSE_SCHEMA}.quarantine"
+QUARANTINE_TABLE = ingest_sql.QUARANTINE
 RETENTION_TABLE = f"{WAREHOUSE_SCHEMA}.log_retention"
 _RETENTION_DDL = (
     f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}; CREATE TABLE IF NOT EXISTS {RETENTION_TABLE} "
@@ -66,24 +67,6 @@ def raw_students(context: dg.AssetExecutionContext, paths: ExamPassPaths) -> dg.
     )
 
 
-def _store_quarantine(warehouse: DuckDBResource, day: date, rows: list[dict[str, object]]) -> None:
-    """Replace this day's quarantined lines, so re-ingesting a day never double-counts them."""
-    frame = pd.DataFrame(rows, columns=["file", "line_no", "raw", "reason"]).astype(
-        {"file": "string", "line_no": "int64", "raw": "string", "reason": "string"}
-    )
-    frame.insert(0, "partition_date", pd.Series([day] * len(frame), dtype="datetime64[us]").dt.date)
-    with warehouse.get_connection() as conn:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {WAREHOUSE_SCHEMA}")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} (partition_date DATE, file VARCHAR, "
-            "line_no BIGINT, raw VARCHAR, reason VARCHAR)"
-        )
-        conn.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE partition_date = ?", [day])
-        if len(frame):
-            conn.register("quarantine_rows", frame)
-            conn.execute(f"INSERT INTO {QUARANTINE_TABLE} SELECT * FROM quarantine_rows")
-
-
 @dg.asset(
     group_name="monitoring",
     partitions_def=daily_partitions,
@@ -92,11 +75,13 @@ def _store_quarantine(warehouse: DuckDBResource, day: date, rows: list[dict[str,
 )
 def prediction_batches(
     context: dg.AssetExecutionContext, paths: ExamPassPaths, warehouse: DuckDBResource
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """One UTC day of the API's prediction log joined with the feedback received for it so far.
 
     Re-materializing a day picks up feedback that arrived late (up to a week); malformed lines are kept in the
-    quarantine table with their reason instead of failing the whole day.
+    quarantine table with their reason instead of failing the whole day. DuckDB reads the log and writes the
+    partition itself (``io.ingest_sql``), so the day never passes through pandas; downstream assets still load
+    the partition through the IO manager, which reads the same table.
     """
     day = date.fromisoformat(context.partition_key)
     deleted = _deleted_by_retention(warehouse, day)
@@ -106,31 +91,30 @@ def prediction_batches(
             description=f"the log files of {day} were deleted by log retention on {deleted}; the rows ingested "
             "before are kept as they are (EXAMPASS_LOG_RETENTION_DAYS)"
         )
-    batch = predlog.day_batch(paths.logs, day)
-    frame = batch.frame
-    _store_quarantine(warehouse, day, batch.quarantined)
+    # Segments no writer uses any more are compressed here, off the API's request path (io.log_segments).
+    compressed = log_segments.compact(paths.logs, datetime.now(UTC))
     with warehouse.get_connection() as conn:
-        # The IO manager skips empty frames; a quiet first day must still create the typed table downstream
-        # reports read from.
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {WAREHOUSE_SCHEMA}.prediction_batches AS SELECT * FROM frame LIMIT 0"
-        )
-    labelled = int(frame[schema.MATH_SCORE].notna().sum())
-    if batch.quarantined:
-        context.log.warning(f"{len(batch.quarantined)} malformed log line(s) quarantined for {day}")
-    if batch.orphan_feedback:
-        context.log.warning(f"{batch.orphan_feedback} feedback line(s) on {day} match no prediction")
+        ingest_sql.configure(conn)
+        counts = ingest_sql.ingest_day(conn, paths.logs, day)
+    if counts.quarantined:
+        context.log.warning(f"{counts.quarantined} malformed log line(s) quarantined for {day}")
+    if counts.orphan_feedback:
+        context.log.warning(f"{counts.orphan_feedback} feedback line(s) on {day} match no prediction")
     removed = _apply_retention(context, paths, warehouse) if paths.log_retention_days else []
-    return dg.Output(
-        frame,
+    files = predlog.day_files(paths.logs / predlog.PREDICTIONS, day)
+    return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(frame),
-            "labelled_rows": labelled,
-            "quarantined_lines": len(batch.quarantined),
-            "orphan_feedback": batch.orphan_feedback,
-            "duplicate_predictions": batch.duplicate_predictions,
-            "feedback_lines": batch.feedback_lines,
-            "log_file": dg.MetadataValue.path(str(predlog.day_file(paths.logs / predlog.PREDICTIONS, day))),
+            "dagster/row_count": counts.rows,
+            "segments_compressed": len(compressed),
+            "labelled_rows": counts.labelled,
+            "quarantined_lines": counts.quarantined,
+            "orphan_feedback": counts.orphan_feedback,
+            "duplicate_predictions": counts.duplicate_predictions,
+            "feedback_lines": counts.feedback_lines,
+            "log_file": dg.MetadataValue.path(
+                str(files[0] if files else predlog.day_file(paths.logs / predlog.PREDICTIONS, day))
+            ),
+            "log_files": len(files),
             "log_files_deleted_by_retention": dg.MetadataValue.json([str(p) for p in removed]),
         },
     )

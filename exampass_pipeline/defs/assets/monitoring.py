@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 from exampass_pipeline.contract import registry, schema
 from exampass_pipeline.defs.partitions import daily_partitions
 from exampass_pipeline.defs.resources import Alerter, ExamPassPaths, MlflowRegistry, Thresholds
-from exampass_pipeline.monitoring import drift, quality, reports
+from exampass_pipeline.io import ingest_sql
+from exampass_pipeline.monitoring import day_sql, drift_sql, quality, reports
 
 NO_DATA_DRIFT = "no_data_drift"
 PREDICTION_DRIFT = "prediction_drift"
@@ -38,7 +39,7 @@ def _load_version(tracking_uri: str, version: str) -> registry.LoadedModel:
 
 
 def serving_model(
-    batch: pd.DataFrame, store: MlflowRegistry, log: Any
+    version: str | None, store: MlflowRegistry, log: Any
 ) -> tuple[registry.LoadedModel | None, str]:
     """The version that answered most of the day's requests, and a sentence saying what the day is judged by.
 
@@ -46,10 +47,10 @@ def serving_model(
     when MLflow says that version does not exist (deleted, or logged by another registry) is the day judged
     against the current champion instead, and that is logged and said in the metadata; an unreachable
     registry fails the step (``registry.RegistryError``), it never changes the verdict silently.
+    ``version`` is the day's most frequent one (``day_sql.served_version``), None on a day without predictions.
     """
     client = store.client()
-    if len(batch):
-        version = str(batch["model_version"].mode().iloc[0])
+    if version is not None:
         if registry.find_version(client, version) is not None:
             return _load_version(
                 store.tracking_uri, version
@@ -86,6 +87,7 @@ def _report_link(html: Any) -> dict[str, dg.MetadataValue]:
     kinds={"evidently", "duckdb"},
     metadata={"partition_expr": "partition_date"},
     ins={"train_split": dg.AssetIn(), "validation_split": dg.AssetIn(), "test_split": dg.AssetIn()},
+    deps=["prediction_batches"],
     check_specs=[
         dg.AssetCheckSpec(NO_DATA_DRIFT, asset="drift_report", description="The day's inputs did not drift."),
         dg.AssetCheckSpec(
@@ -95,7 +97,6 @@ def _report_link(html: Any) -> dict[str, dg.MetadataValue]:
 )
 def drift_report(
     context: dg.AssetExecutionContext,
-    prediction_batches: pd.DataFrame,
     train_split: pd.DataFrame,
     validation_split: pd.DataFrame,
     test_split: pd.DataFrame,
@@ -105,36 +106,51 @@ def drift_report(
     warehouse: DuckDBResource,
     mlflow_registry: MlflowRegistry,
 ) -> Any:
-    """Evidently data drift of the day's inputs and predicted probabilities against the training split."""
+    """Evidently data drift of the day's inputs and predicted probabilities against the training split.
+
+    The day stays in DuckDB: both verdicts come from aggregates of every row (``drift_sql``), and Evidently
+    draws its page from a seeded sample of ``day_sql.SAMPLE_ROWS`` rows, which the page states.
+    """
     day = date.fromisoformat(context.partition_key)
     check = partial(
         alerter.check_result, context, warehouse, asset="drift_report", partition_key=context.partition_key
     )
-    current = prediction_batches
-    model, judged_by = serving_model(current, mlflow_registry, context.log)
     reference = train_split[list(schema.FEATURES)].copy()
-    data = drift.data_drift(
-        train_split, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
-    )
-    pred = None
+    held_out = pd.concat([validation_split, test_split], ignore_index=True)
+    current = day_sql.day_relation(ingest_sql.BATCHES, day)
+    with warehouse.get_connection() as conn:
+        ingest_sql.configure(conn)
+        n_day, version = day_sql.row_count(conn, current), day_sql.served_version(conn, current)
+    # The model is loaded outside the connection: the warehouse file is not held while MLflow answers.
+    model, judged_by = serving_model(version, mlflow_registry, context.log)
+    # Held-out rows: the model's answers on students it never saw are what the day should look like.
+    held_out_probs = None if model is None else model.pass_probability(held_out)
+    with warehouse.get_connection() as conn:
+        ingest_sql.configure(conn)
+        data = drift_sql.data_drift_sql(
+            train_split, conn, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
+        )
+        pred = None
+        if held_out_probs is not None:
+            pred = drift_sql.prediction_drift_sql(
+                held_out_probs,
+                conn,
+                current,
+                alpha=thresholds.drift_alpha,
+                min_rows=thresholds.drift_min_rows,
+            )
+        drawn = day_sql.sample(conn, current, [*schema.FEATURES, "pass_probability"])
     if model is not None:
         reference["pass_probability"] = model.pass_probability(reference)
-        # Held-out rows: the model's answers on students it never saw are what the day should look like.
-        held_out = pd.concat([validation_split, test_split], ignore_index=True)
-        pred = drift.prediction_drift(
-            model.pass_probability(held_out),
-            current["pass_probability"].to_numpy(),
-            alpha=thresholds.drift_alpha,
-            min_rows=thresholds.drift_min_rows,
-        )
     html = paths.reports / "drift" / f"{day.isoformat()}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
     numbers: dict[str, Any] = dict(
         reports.drift_report(
             reference,
-            current[[*schema.FEATURES, "pass_probability"]],
+            drawn,
             html,
             decisions=[d for d in (data, pred) if d is not None],
+            day_rows=n_day,
         )
     )
     numbers.update({f"exampass_{k}": v for k, v in data.to_metadata().items()})
@@ -143,7 +159,8 @@ def drift_report(
         table,
         metadata={
             **_report_link(html),
-            "rows": len(current),
+            "rows": n_day,
+            "report_sample_rows": len(drawn),
             "drift_status": data.status,
             "drifted_columns": ", ".join(data.drifted_columns) or "none",
             "model_version": model.version if model else "none",
@@ -179,6 +196,7 @@ def drift_report(
     kinds={"evidently", "duckdb"},
     metadata={"partition_expr": "partition_date"},
     ins={"test_split": dg.AssetIn()},
+    deps=["prediction_batches"],
     check_specs=[
         dg.AssetCheckSpec(
             MODEL_QUALITY, asset="quality_report", description="Fail-class recall and ROC-AUC hold up."
@@ -192,7 +210,6 @@ def drift_report(
 )
 def quality_report(
     context: dg.AssetExecutionContext,
-    prediction_batches: pd.DataFrame,
     test_split: pd.DataFrame,
     paths: ExamPassPaths,
     thresholds: Thresholds,
@@ -200,20 +217,32 @@ def quality_report(
     warehouse: DuckDBResource,
     mlflow_registry: MlflowRegistry,
 ) -> Any:
-    """Evidently classification quality on the day's labelled rows, overall and per segment."""
+    """Evidently classification quality on the day's labelled rows, overall and per segment.
+
+    Only the labelled rows leave DuckDB (the checks need each one: DeLong's ROC-AUC, the per-group cut-offs);
+    Evidently draws its page from a seeded sample of them, which the page states.
+    """
     day = date.fromisoformat(context.partition_key)
     check = partial(
         alerter.check_result, context, warehouse, asset="quality_report", partition_key=context.partition_key
     )
-    labelled = prediction_batches[prediction_batches[schema.MATH_SCORE].notna()].copy()
+    current = day_sql.day_relation(ingest_sql.BATCHES, day)
+    with warehouse.get_connection() as conn:
+        ingest_sql.configure(conn)
+        version = day_sql.served_version(conn, current)
+        labelled = day_sql.labelled_rows(conn, current)
     labelled[schema.LABEL] = labelled[schema.LABEL].astype(bool)
     labelled["predicted_pass"] = labelled["predicted_pass"].astype(bool)
-    model, judged_by = serving_model(prediction_batches, mlflow_registry, context.log)
+    model, judged_by = serving_model(version, mlflow_registry, context.log)
     html = paths.reports / "quality" / f"{day.isoformat()}.html"
     html.parent.mkdir(parents=True, exist_ok=True)
     # The served decision: the model's rule (a cut-off per group of students), so the day is judged by what
     # the students were actually told.
-    numbers: dict[str, Any] = dict(reports.quality_report(labelled, model.decision if model else 0.5, html))
+    numbers: dict[str, Any] = dict(
+        reports.quality_report(
+            labelled, model.decision if model else 0.5, html, evidently_rows=day_sql.SAMPLE_ROWS
+        )
+    )
 
     # The champion's test figures came from a test split with only a few dozen fails; passing its class counts
     # lets the check allow for the luck of that split as well as of today's sample.

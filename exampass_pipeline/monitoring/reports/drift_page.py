@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from exampass_pipeline.contract import schema
-from exampass_pipeline.monitoring import drift
+from exampass_pipeline.monitoring import day_sql, drift
 from exampass_pipeline.monitoring.reports.page import (
     PROBABILITY,
     _finite,
@@ -52,12 +52,16 @@ def drift_report(
     html_path: Path,
     *,
     decisions: Sequence[drift.DriftDecision] = (),
+    day_rows: int | None = None,
 ) -> dict[str, float | int]:
     """Evidently data drift of the day's inputs and predicted probabilities against the training split.
 
     ``reference``/``current`` need schema.FEATURES; ``pass_probability`` is compared too when both have it.
     ``decisions`` are the checks' verdicts to show on top (e.g. prediction drift); without any, the data
     drift verdict is computed here so the page always carries ExamPass's reading next to Evidently's.
+
+    ``day_rows``: the size of the whole day when ``current`` is a sample of it (``day_sql.sample``); the
+    page then says so above the verdict and in Evidently's note, since its pictures are of the sample.
 
     Returns flat numbers: Evidently's share and count of drifted columns, its dataset-drift flag (its default
     rule: at least half the columns), and per column the drift score and detected flag.
@@ -70,6 +74,10 @@ def drift_report(
     if not decisions:
         decisions = [drift.data_drift(reference, current)]
     numbers: dict[str, Any] = {"n_reference": len(reference), "n_current": len(current)}
+    total = len(current) if day_rows is None else int(day_rows)
+    drawn = day_sql.sample_note(len(current), total)
+    if total > len(current):
+        numbers["n_day"] = total
 
     verdicts = "".join(
         f"<p>{_status(d.status)} <b>{html.escape(d.method)}</b>: {html.escape(d.reason)}</p>"
@@ -83,6 +91,7 @@ def drift_report(
             )
     sections = (
         "<h2>ExamPass drift verdict</h2>"
+        + (f"<p class='note'>{html.escape(drawn)}</p>" if total > len(current) else "")
         + verdicts
         + _table(["column", "test", "statistic", "p-value", "adjusted p-value", "drifted"], rows, left=2)
         + "<p class='note'>The alert follows this verdict: per-column tests combined with weighted Holm so "
@@ -105,7 +114,7 @@ def drift_report(
             numbers["evidently_available"] = 1
             note = (
                 f"Evidently DataDriftPreset with its default per-column tests, {len(current)} current vs "
-                f"{len(reference)} reference rows."
+                f"{len(reference)} reference rows. {drawn}"
             )
             evidently_html = snapshot.get_html_str(as_iframe=False)
             n_drifted = 0

@@ -20,7 +20,7 @@ import pandas as pd
 from exampass_pipeline.contract import schema
 from exampass_pipeline.contract.decision import DecisionRule
 from exampass_pipeline.ml import fairness
-from exampass_pipeline.monitoring import quality
+from exampass_pipeline.monitoring import day_sql, quality
 from exampass_pipeline.monitoring.reports.page import PROBABILITY, _finite, _page, _require, _table, _write
 
 _FAILED = "failed"
@@ -300,7 +300,9 @@ def _evidently_part(frame: pd.DataFrame, threshold: float) -> tuple[str | None, 
     return evidently_html, numbers, []
 
 
-def quality_report(current: pd.DataFrame, threshold: Decision, html_path: Path) -> dict[str, float | int]:
+def quality_report(
+    current: pd.DataFrame, threshold: Decision, html_path: Path, *, evidently_rows: int | None = None
+) -> dict[str, float | int]:
     """Evidently classification quality of the day's labelled rows, with "fail" as the positive class.
 
     ``current`` needs ``pass_probability`` and ``pass_math`` (or ``math_score``); rows without a label are
@@ -310,6 +312,10 @@ def quality_report(current: pd.DataFrame, threshold: Decision, html_path: Path) 
     fail-class recall/precision/F1, the confusion counts, and per group n, n_fail, recall_fail,
     precision_fail, accuracy, false_alarm_rate, flag_rate, mean_p_fail, fail_rate and roc_auc (as
     ``gender=female_recall_fail``), with each feature's ``_recall_gap``.
+
+    ``evidently_rows``: Evidently draws its dashboard from a seeded sample of at most that many labelled rows
+    (its cost grows with the rows; ``day_sql`` says why 20,000 is enough to draw); the ExamPass figures and
+    every number returned except the ``evidently_*`` ones are computed on all labelled rows.
     """
     cut, single, rule_text = _cut_offs(current, threshold)
     frame = _labelled(current.assign(**{_CUT: cut}))
@@ -338,8 +344,11 @@ def quality_report(current: pd.DataFrame, threshold: Decision, html_path: Path) 
         numbers.update(segment_numbers)
         sections = _quality_sections(rule_text, numbers, segment_rows, min_fail_per_group)
 
+    drawn = frame
+    if evidently_rows is not None and n > evidently_rows:
+        drawn = frame.sample(n=evidently_rows, random_state=day_sql.SAMPLE_SEED)
     if not problems:
-        evidently_html, evidently_numbers, problems = _evidently_part(frame, single)
+        evidently_html, evidently_numbers, problems = _evidently_part(drawn, single)
         numbers.update(evidently_numbers)
     numbers["evidently_available"] = int(evidently_html is not None)
     if problems:
@@ -347,8 +356,13 @@ def quality_report(current: pd.DataFrame, threshold: Decision, html_path: Path) 
         sections = "".join(f"<p class='warn'>{html.escape(p_)}</p>" for p_ in problems) + sections
     else:
         note = (
-            f"Evidently ClassificationPreset on {n} labelled rows; positive class = fail (label 1), "
-            f"probability = 1 - pass probability."
+            f"Evidently ClassificationPreset on {len(drawn)} labelled rows; positive class = fail (label 1), "
+            f"probability = 1 - pass probability. {day_sql.sample_note(len(drawn), n, 'labelled rows')}"
         )
+        if len(drawn) < n:
+            sections = (
+                f"<p class='note'>{html.escape(day_sql.sample_note(len(drawn), n, 'labelled rows'))}</p>"
+                + sections
+            )
     _write(Path(html_path), _page("ExamPass quality report", sections, evidently_html, note))
     return _finite(numbers)
