@@ -20,7 +20,8 @@ from exampass_pipeline.contract import registry, schema
 from exampass_pipeline.defs.partitions import daily_partitions
 from exampass_pipeline.defs.resources import Alerter, ExamPassPaths, MlflowRegistry, Thresholds
 from exampass_pipeline.io import ingest_sql
-from exampass_pipeline.monitoring import day_sql, drift_sql, quality, reports
+from exampass_pipeline.monitoring import day_sql, drift, drift_sql, quality, reports
+from exampass_pipeline.monitoring.segments import SegmentDecision
 
 NO_DATA_DRIFT = "no_data_drift"
 PREDICTION_DRIFT = "prediction_drift"
@@ -126,20 +127,7 @@ def drift_report(
     # Held-out rows: the model's answers on students it never saw are what the day should look like.
     held_out_probs = None if model is None else model.pass_probability(held_out)
     with warehouse.get_connection() as conn:
-        ingest_sql.configure(conn)
-        data = drift_sql.data_drift_sql(
-            train_split, conn, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
-        )
-        pred = None
-        if held_out_probs is not None:
-            pred = drift_sql.prediction_drift_sql(
-                held_out_probs,
-                conn,
-                current,
-                alpha=thresholds.drift_alpha,
-                min_rows=thresholds.drift_min_rows,
-            )
-        drawn = day_sql.sample(conn, current, [*schema.FEATURES, "pass_probability"])
+        data, pred, drawn = _day_drift(conn, current, train_split, held_out_probs, thresholds)
     if model is not None:
         reference["pass_probability"] = model.pass_probability(reference)
     html = paths.reports / "drift" / f"{day.isoformat()}.html"
@@ -181,13 +169,36 @@ def drift_report(
             severity=dg.AssetCheckSeverity.WARN,
             description="no champion model: prediction drift not judged",
         )
-    else:
-        yield check(
-            check_name=PREDICTION_DRIFT,
-            passed=pred.passed,
-            message=pred.reason,
-            metadata={**pred.to_metadata(), **_report_link(html)},
+        return
+    yield check(
+        check_name=PREDICTION_DRIFT,
+        passed=pred.passed,
+        message=pred.reason,
+        metadata={**pred.to_metadata(), **_report_link(html)},
+    )
+
+
+def _day_drift(
+    conn: Any,
+    current: str,
+    train_split: pd.DataFrame,
+    held_out_probs: Any,
+    thresholds: Thresholds,
+) -> tuple[drift.DriftDecision, drift.DriftDecision | None, pd.DataFrame]:
+    """Both drift verdicts from full-day aggregates, and the seeded sample Evidently's page is drawn from.
+
+    One connection for the three, so they all see the same partition even if a backfill rewrites it after.
+    """
+    ingest_sql.configure(conn)
+    data = drift_sql.data_drift_sql(
+        train_split, conn, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
+    )
+    pred = None
+    if held_out_probs is not None:
+        pred = drift_sql.prediction_drift_sql(
+            held_out_probs, conn, current, alpha=thresholds.drift_alpha, min_rows=thresholds.drift_min_rows
         )
+    return data, pred, day_sql.sample(conn, current, [*schema.FEATURES, "pass_probability"])
 
 
 @dg.asset(
@@ -244,27 +255,7 @@ def quality_report(
         )
     )
 
-    # The champion's test figures came from a test split with only a few dozen fails; passing its class counts
-    # lets the check allow for the luck of that split as well as of today's sample.
-    champion_figures = {
-        **(model.metrics if model else {}),
-        "test_n_fail": float((~test_split[schema.LABEL].astype(bool)).sum()),
-        "test_n_pass": float(test_split[schema.LABEL].astype(bool).sum()),
-    }
-    decision = quality.model_quality(
-        labelled[schema.LABEL].to_numpy(),
-        labelled["pass_probability"].to_numpy(),
-        model.thresholds(labelled) if model else 0.5,
-        champion_figures,
-        alpha=thresholds.quality_alpha,
-        min_labelled=thresholds.quality_min_labelled,
-    )
-    segments = quality.segment_quality(
-        labelled,
-        max_gap=thresholds.segment_max_gap,
-        min_fail_per_group=thresholds.segment_min_fail,
-        alpha=thresholds.segment_alpha,
-    )
+    decision, segments = _day_quality(labelled, model, test_split, thresholds)
     numbers.update({f"exampass_{k}": v for k, v in decision.to_metadata().items()})
     yield dg.Output(
         _long_table(day, numbers, "quality"),
@@ -289,3 +280,34 @@ def quality_report(
         metadata={**segments.to_metadata(), **_report_link(html)},
         severity=dg.AssetCheckSeverity.WARN,
     )
+
+
+def _day_quality(
+    labelled: pd.DataFrame,
+    model: registry.LoadedModel | None,
+    test_split: pd.DataFrame,
+    thresholds: Thresholds,
+) -> tuple[quality.QualityDecision, SegmentDecision]:
+    """The model-quality and per-segment verdicts on the day's labelled rows, under the served rule."""
+    # The champion's test figures came from a test split with only a few dozen fails; passing its class counts
+    # lets the check allow for the luck of that split as well as of today's sample.
+    champion_figures = {
+        **(model.metrics if model else {}),
+        "test_n_fail": float((~test_split[schema.LABEL].astype(bool)).sum()),
+        "test_n_pass": float(test_split[schema.LABEL].astype(bool).sum()),
+    }
+    decision = quality.model_quality(
+        labelled[schema.LABEL].to_numpy(),
+        labelled["pass_probability"].to_numpy(),
+        model.thresholds(labelled) if model else 0.5,
+        champion_figures,
+        alpha=thresholds.quality_alpha,
+        min_labelled=thresholds.quality_min_labelled,
+    )
+    segments = quality.segment_quality(
+        labelled,
+        max_gap=thresholds.segment_max_gap,
+        min_fail_per_group=thresholds.segment_min_fail,
+        alpha=thresholds.segment_alpha,
+    )
+    return decision, segments
