@@ -14,7 +14,7 @@ import copy
 from collections.abc import Sequence
 
 from exampass_api.core.keystore import KeyStoreError, read_store
-from exampass_api.core.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+from exampass_api.core.metrics_dir import prepare_multiprocess_dir, remove_multiprocess_dir
 from exampass_pipeline.contract.settings import Settings
 
 

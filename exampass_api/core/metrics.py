@@ -11,10 +11,11 @@ What is counted, and where, so the hot path pays a few counter increments and no
 * model swaps, and the version each worker serves as a gauge (``MeteredModelStore``, at the swap).
 
 Several workers (``EXAMPASS_API_WORKERS`` > 1) each count in their own process. ``exampass-api`` then gives
-them one ``PROMETHEUS_MULTIPROC_DIR`` (emptied at start-up, ``prepare_multiprocess_dir``), the library writes
-every value to a memory-mapped file there, and whichever worker answers a scrape adds up all the files, so the
-counts are the service's, not one worker's. The served-version gauge is reported per worker (a ``pid`` label)
-so a scrape shows a worker still on an older version; a worker that stops cleanly removes its gauge.
+them one ``PROMETHEUS_MULTIPROC_DIR`` (made and emptied by ``metrics_dir`` before this module is imported: the
+library opens its file when a metric is created), the library writes every value to a memory-mapped file
+there, and whichever worker answers a scrape adds up all the files, so the counts are the service's, not one
+worker's. The served-version gauge is reported per worker (a ``pid`` label) so a scrape shows a worker still
+on an older version; a worker that stops cleanly removes its gauge.
 The metrics are created once per process (the library's registry refuses a second metric of one name), so
 apps built in one process, as tests do, share them.
 """
@@ -22,12 +23,9 @@ apps built in one process, as tests do, share them.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
@@ -42,12 +40,10 @@ from prometheus_client import (
     multiprocess,
 )
 
+from exampass_api.core.metrics_dir import MULTIPROC_ENV
 from exampass_api.services.model_store import ModelStore
 from exampass_pipeline.contract.predlog import PredictionLog
 from exampass_pipeline.contract.settings import Settings
-
-MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
-_OWN_DIR_PREFIX: Final = "exampass-metrics-"
 
 # A /predict answer takes a few hundred microseconds, a 10,000-row roster seconds: the buckets span both.
 LATENCY_BUCKETS: Final = (
@@ -95,31 +91,6 @@ SERVED = Gauge(
     "The registry version each worker serves (0: none loaded yet).",
     multiprocess_mode="liveall",
 )
-
-
-def prepare_multiprocess_dir(workers: int) -> Path | None:
-    """Give several workers one metrics directory, emptied, before they start; None for a single worker.
-
-    Called by ``exampass-api`` in the parent process: the workers inherit the variable and import the library
-    after it is set, which is what switches the library to files. A directory left by an earlier run would add
-    its counts to this one's, so it is emptied; one the operator set is used (Docker gives each container
-    its own), else a private temporary one is made.
-    """
-    configured = os.environ.get(MULTIPROC_ENV)
-    if workers <= 1 and not configured:
-        return None
-    path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix=_OWN_DIR_PREFIX))
-    path.mkdir(parents=True, exist_ok=True)
-    for entry in path.glob("*.db"):
-        entry.unlink()
-    os.environ[MULTIPROC_ENV] = str(path)
-    return path
-
-
-def remove_multiprocess_dir(path: Path | None) -> None:
-    """Remove a directory ``prepare_multiprocess_dir`` made for this run (never one the operator set)."""
-    if path is not None and path.name.startswith(_OWN_DIR_PREFIX):
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Meter:

@@ -144,3 +144,27 @@ def test_metrics_off_means_no_endpoint(
         response = httpx.get(f"{live.url}/metrics")
         assert response.status_code == 404
         assert "EXAMPASS_METRICS=false" in response.json()["detail"]
+
+
+def test_a_configured_metrics_dir_that_does_not_exist_yet_is_made_before_any_metric(
+    tmp_path_factory: pytest.TempPathFactory, api_registry: Registry
+) -> None:
+    """Compose's setting: PROMETHEUS_MULTIPROC_DIR names a directory no one has made, one worker.
+
+    prometheus-client opens a file there when a metric is created; when the entry point imported the metrics
+    at its top, every container crashed at start with FileNotFoundError. Counts land in that directory."""
+    home = clone_home(api_registry.settings.home, tmp_path_factory.mktemp("metrics-dir"))
+    metrics_dir = home.parent / "not-made-yet" / "metrics"
+    with (
+        use_home(home) as settings,
+        run_server(
+            settings, home.parent / "logs", extra={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        ) as live,
+    ):
+        live.wait_ready()
+        assert httpx.post(f"{live.url}/predict", json=STUDENT, timeout=10.0).status_code == 200
+        scrape = samples(live)
+        assert (
+            value(scrape, "exampass_http_requests_total", route="/predict", method="POST", status="200") == 1
+        )
+        assert any(metrics_dir.glob("counter_*.db")), "the counts live in the configured directory"
