@@ -140,7 +140,7 @@ stack-status:
 
 # The real stack test: its own Compose project on free ports, torn down with its volumes at the end.
 stack-test: install
-	$(BIN)/python -m pytest -q tests/deploy/test_stack.py
+	$(BIN)/python -m pytest -q tests/deploy/test_stack.py tests/deploy/test_stack_replicas.py
 
 # make stack-backup [ARCHIVE=backups/x.tar.gz]; make stack-restore ARCHIVE=backups/x.tar.gz [FORCE=1]
 stack-backup:

@@ -7,9 +7,11 @@ developer machine they skip and say which command installs the missing piece.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any, Protocol
 
 import pytest
 import yaml
+from stack_support import TIMINGS_FILE, UP_TIMEOUT_S, Stack, docker_engine
 from support import REPO_ROOT as REPO
 from support import require
 
@@ -166,3 +169,41 @@ def pg_databases(pg_server: PgServer) -> Iterator[dict[str, str]]:
             for name in names.values():
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+# ------------------------------------------------------------------------ the one stack the stack tests share
+@pytest.fixture(scope="session")
+def timings() -> Iterator[dict[str, float]]:
+    """Wall-clock figures of this run (docs/deployment.md quotes them), written to test-artifacts/."""
+    figures: dict[str, float] = {}
+    yield figures
+    if figures:
+        TIMINGS_FILE.parent.mkdir(exist_ok=True)
+        TIMINGS_FILE.write_text(json.dumps(figures, indent=1) + "\n")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, timings: dict[str, float]) -> Iterator[Stack]:
+    ok, reason = docker_engine()
+    require(ok, reason)
+    name = f"exampass-test-{uuid.uuid4().hex[:8]}"
+    the_stack = Stack.fresh(name, tmp_path_factory.mktemp("stack"))
+    try:
+        started = time.monotonic()
+        the_stack.run("up", timeout=UP_TIMEOUT_S)
+        timings["stack_up_s"] = round(time.monotonic() - started, 1)
+        yield the_stack
+    finally:
+        the_stack.run("down", "--volumes", timeout=600, check=False)
+
+
+@pytest.fixture(scope="session")
+def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second, empty project for the restore; removed with its volumes at the end."""
+    the_stack = Stack.fresh(
+        f"exampass-test-{uuid.uuid4().hex[:8]}-restored", tmp_path_factory.mktemp("restored")
+    )
+    try:
+        yield the_stack
+    finally:
+        the_stack.run("down", "--volumes", timeout=600, check=False)

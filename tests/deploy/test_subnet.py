@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stack_support import docker_engine
 from support import REPO_ROOT, require
-
-from tests.deploy.test_stack import docker_engine
 
 STACK_SCRIPT = REPO_ROOT / "deploy" / "stack.sh"
 
