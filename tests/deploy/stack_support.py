@@ -81,12 +81,13 @@ def http(
     headers: dict[str, str] | None = None,
     timeout: float = 30,
 ) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers); header names lower-cased, since nginx and uvicorn spell them differently."""
     request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own stack
-            return response.status, response.read(), dict(response.headers)
+            return response.status, response.read(), {k.lower(): v for k, v in response.headers.items()}
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+        return exc.code, exc.read(), {k.lower(): v for k, v in exc.headers.items()}
 
 
 def basic(user: str, password: str) -> dict[str, str]:
