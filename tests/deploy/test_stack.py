@@ -123,14 +123,15 @@ def test_anonymous_mlflow_is_refused(stack: Stack) -> None:
 def test_the_dagster_ui_and_mlflow_are_on_loopback_only(stack: Stack) -> None:
     """Reached on 127.0.0.1, refused on the host's address on the project network; the API answers on both."""
     assert http("GET", stack.url("dagster", "/server_info"))[0] == 200
+    # The host's address on the project network, as a container sees it (with a declared subnet Docker leaves
+    # the network's own IPAM gateway field empty and takes the gateway from the dynamic range).
     gateway = subprocess.run(
         [
             "docker",
-            "network",
             "inspect",
-            f"{stack.project}_default",
+            stack.states()["api"]["id"],
             "-f",
-            "{{(index .IPAM.Config 0).Gateway}}",
+            "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
         ],
         capture_output=True,
         text=True,
