@@ -11,7 +11,7 @@ import ipaddress
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,14 +58,29 @@ def env_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def networks() -> Iterator[list[str]]:
+def network() -> Iterator[Callable[[str, str], None]]:
+    """``network(name, subnet)`` creates a Docker network; all are removed after the test."""
     made: list[str] = []
-    yield made
+
+    def create(name: str, subnet: str) -> None:
+        done = subprocess.run(
+            ["docker", "network", "create", "--subnet", subnet, name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        made.append(name)
+
+    yield create
     for name in made:
         subprocess.run(["docker", "network", "rm", name], capture_output=True, timeout=60, check=False)
 
 
-def test_each_project_gets_a_free_subnet_and_keeps_it(env_file: Path, networks: list[str]) -> None:
+def test_each_project_gets_a_free_subnet_and_keeps_it(
+    env_file: Path, network: Callable[[str, str], None]
+) -> None:
     project = f"exampass-subnet-{uuid.uuid4().hex[:8]}"
     first = chosen(project, env_file)
     subnet = ipaddress.ip_network(first["subnet"])
@@ -74,30 +89,12 @@ def test_each_project_gets_a_free_subnet_and_keeps_it(env_file: Path, networks: 
     assert first["trusted"] == first["proxy"], "the replicas trust the proxy's address, and only it"
 
     # Another network takes that subnet (another project, a VPN, a host route): the project moves past it.
-    blocker = f"{project}-blocker"
-    made = subprocess.run(
-        ["docker", "network", "create", "--subnet", str(subnet), blocker],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    networks.append(blocker)
+    network(f"{project}-blocker", str(subnet))
     moved = chosen(project, env_file)
     assert not ipaddress.ip_network(moved["subnet"]).overlaps(subnet), moved
 
     # Once the project's own network exists, its subnet is kept (an `up` never has to recreate the network).
-    own = f"{project}_default"
-    made = subprocess.run(
-        ["docker", "network", "create", "--subnet", moved["subnet"], own],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    networks.append(own)
+    network(f"{project}_default", moved["subnet"])
     assert chosen(project, env_file)["subnet"] == moved["subnet"]
 
 
